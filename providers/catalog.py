@@ -1,0 +1,55 @@
+"""Which providers exist, resolved by name; each module is imported only when first used."""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from pydantic import BaseModel, ValidationError
+
+from providers.base import Provider
+from providers.errors import InvalidProviderOptions, UnknownProvider
+from providers.settings import ProviderSettings
+
+_MODULES: dict[str, str] = {
+    "fake": "providers.fake:FakeProvider",
+    "openai": "providers.openai:OpenAIProvider",
+    "anthropic": "providers.anthropic:AnthropicProvider",
+    "google": "providers.google:GoogleProvider",
+}
+
+PROVIDER_NAMES = tuple(_MODULES)
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """`"openai/gpt-4o"` → `("openai", "gpt-4o")`; raises UnknownProvider."""
+    provider, sep, name = model.partition("/")
+    if provider not in _MODULES:
+        known = ", ".join(PROVIDER_NAMES)
+        raise UnknownProvider(f"unknown provider {provider!r} in model {model!r}; known: {known}")
+    if not sep or not name:
+        raise UnknownProvider(f"model {model!r} must be '<provider>/<model name>'")
+    return provider, name
+
+
+@cache
+def provider_class(provider: str) -> type[Provider]:
+    module_name, _, attr = _MODULES[provider].partition(":")
+    cls: type[Provider] = getattr(importlib.import_module(module_name), attr)
+    return cls
+
+
+def parse_options(provider: str, options: dict[str, object]) -> BaseModel:
+    """Validate `provider_options` for `provider`; raises InvalidProviderOptions."""
+    try:
+        return provider_class(provider).parse_options(options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'provider_options'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidProviderOptions(f"provider_options for {provider!r}: {problems}") from None
+
+
+def make_provider(provider: str, settings: ProviderSettings) -> Provider:
+    return provider_class(provider)(settings)

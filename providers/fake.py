@@ -1,0 +1,125 @@
+"""The built-in deterministic, offline provider: the demo, the tests and the benchmarks use it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncGenerator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from providers.base import (
+    CommonOptions,
+    Provider,
+    ProviderCall,
+    ProviderEvent,
+    ReasoningDelta,
+    StreamGuard,
+    TextDelta,
+    ToolCall,
+)
+from providers.errors import (
+    ProviderAuthentication,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+)
+
+_WORD = re.compile(r"\S+\s*|\s+")
+
+FailKind = Literal["timeout", "rate_limit", "auth", "bad_request", "error"]
+
+_FAILURES: dict[FailKind, tuple[type[ProviderError], int]] = {
+    "timeout": (ProviderTimeout, 504),
+    "rate_limit": (ProviderRateLimited, 429),
+    "auth": (ProviderAuthentication, 401),
+    "bad_request": (ProviderBadRequest, 400),
+    "error": (ProviderError, 500),
+}
+
+
+class FakeToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=256)
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+
+
+class FakeOptions(CommonOptions):
+    """The fake provider's knobs (API.md), plus the common options, which it accepts and ignores."""
+
+    text: str | None = Field(default=None, max_length=4 * 1024 * 1024)
+    delay_s: float = Field(default=0.0, ge=0, le=3600)
+    chunk: Literal["word", "char"] = "word"
+    reasoning: str | None = Field(default=None, max_length=4 * 1024 * 1024)
+    fail: FailKind | None = None
+    fail_after: int = Field(default=0, ge=0)
+    hang_after: int | None = Field(default=None, ge=0)
+    tool_call: FakeToolCall | None = None
+
+
+def split_chunks(text: str, chunk: Literal["word", "char"]) -> list[str]:
+    if chunk == "char":
+        return list(text)
+    return _WORD.findall(text)
+
+
+class FakeProvider(Provider):
+    """Answers from its knobs; usage: prompt = input words, completion = chunks sent."""
+
+    name = "fake"
+    options_model = FakeOptions
+
+    async def stream(self, call: ProviderCall) -> AsyncGenerator[ProviderEvent, None]:
+        opts = call.options
+        assert isinstance(opts, FakeOptions)
+        call.usage.prompt_tokens = sum(len(m.content.split()) for m in call.messages)
+        with StreamGuard(call):
+            try:
+                if opts.tool_call is not None and call.step == 1:
+                    args = opts.tool_call.arguments
+                    yield ToolCall(
+                        id=f"call-{call.run_id[-12:]}-1",
+                        name=opts.tool_call.name,
+                        arguments=args if isinstance(args, str) else json.dumps(args),
+                    )
+                    call.usage.completion_tokens += 1
+                    return
+                text = opts.text if opts.text is not None else _last_user_text(call)
+                pieces: list[ProviderEvent] = []
+                if opts.reasoning:
+                    pieces += [ReasoningDelta(text=c) for c in split_chunks(opts.reasoning, "word")]
+                pieces += [TextDelta(text=c) for c in split_chunks(text, opts.chunk)]
+                sent = 0
+                for piece in pieces:
+                    if opts.fail is not None and sent == opts.fail_after:
+                        raise _failure(opts.fail, sent)
+                    if opts.hang_after is not None and sent == opts.hang_after:
+                        await asyncio.Event().wait()  # a provider gone silent
+                    if opts.delay_s:
+                        await asyncio.sleep(opts.delay_s)
+                    sent += 1
+                    call.usage.completion_tokens = sent
+                    yield piece
+                if opts.fail is not None:
+                    raise _failure(opts.fail, sent)
+            finally:
+                call.ending.upstream_closed = True
+
+
+def _last_user_text(call: ProviderCall) -> str:
+    for message in reversed(call.messages):
+        if message.role == "user":
+            return message.content
+    return ""
+
+
+def _failure(kind: FailKind, sent: int) -> ProviderError:
+    cls, status = _FAILURES[kind]
+    return cls(
+        f"fake provider failure: {kind}",
+        {"status": status, "vendor_message": f"scripted {kind} after {sent} chunks"},
+    )
