@@ -1,0 +1,55 @@
+"""A run's frame log: append-only, numbered from 1, read from any `seq_id` by many readers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from actors.frames import LoggedFrame
+
+
+class FrameLog:
+    def __init__(self) -> None:
+        self._frames: list[LoggedFrame] = []
+        self._closed = False
+        self._changed = asyncio.Event()
+
+    @property
+    def next_seq(self) -> int:
+        return len(self._frames) + 1
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append(self, message_type: str, data: str) -> None:
+        assert not self._closed, "a closed log takes no frames"
+        self._frames.append(LoggedFrame(len(self._frames) + 1, message_type, data))
+        self._wake()
+
+    def extend(self, frames: list[LoggedFrame]) -> None:
+        assert not self._closed, "a closed log takes no frames"
+        assert not frames or frames[0].seq_id == self.next_seq, "frames must continue the log"
+        self._frames.extend(frames)
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def after(self, seq: int) -> list[LoggedFrame]:
+        """Every frame with `seq_id > seq` (seq_id n sits at index n-1)."""
+        return self._frames[max(seq, 0) :]
+
+    def snapshot(self) -> list[LoggedFrame]:
+        return list(self._frames)
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once a frame past `seq` exists or the log is closed."""
+        while len(self._frames) <= seq and not self._closed:
+            await self._changed.wait()
+
+    def _wake(self) -> None:
+        # Waking every waiter at once, then arming a fresh event, lets each reader take
+        # everything appended in the meantime as one batch.
+        self._changed.set()
+        self._changed = asyncio.Event()

@@ -1,0 +1,249 @@
+"""RunRegistry: the single writer of run records, and the keeper of run actors' lives.
+
+Transitions are compare-and-set: created → running → {completed, failed, cancelled}. The first
+terminal write wins; later ones are refused (the stored record is returned unchanged, the
+refusal counted). Records are in SQLite before a call returns. The registry watches each run
+actor: one that dies mid-run ends its run `failed` / `run_lost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.frames import LoggedFrame
+from actors.records import Outcome, Run, RunError, RunRequest, RunStatus, Usage, utcnow
+from actors.remote import ActorHandle, new_run_actor
+from actors.settings import ActorSettings
+from actors.store import RunStore
+from providers.catalog import parse_options, split_model
+from providers.settings import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+
+class ConversationBusy(Exception):
+    """The conversation already has an active run."""
+
+    def __init__(self, conversation_id: str, run_id: str) -> None:
+        super().__init__(f"conversation {conversation_id!r} has an active run {run_id}")
+        self.conversation_id = conversation_id
+        self.run_id = run_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.conversation_id, self.run_id))
+
+
+@dataclass
+class _Live:
+    run: Run
+    actor: ActorHandle
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    watch: asyncio.Task[None] | None = None
+
+
+def new_run_id() -> str:
+    return f"run-{uuid.uuid4().hex}"
+
+
+class RunRegistry:
+    def __init__(self, settings: ActorSettings, provider_settings: ProviderSettings) -> None:
+        self._settings = settings
+        self._provider_settings = provider_settings
+        self._store = RunStore(settings.resolved_db_path())
+        self._live: dict[str, _Live] = {}
+        self._conversations: dict[str, str] = {}
+        self.refused_writes = 0
+        self._recover()
+        self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def create_run(self, request: RunRequest) -> tuple[Run, ActorHandle]:
+        """Record a new run, give it an actor and start it. Raises ConversationBusy."""
+        provider, _ = split_model(request.model)
+        parse_options(provider, request.provider_options)
+        conversation = request.conversation_id
+        if conversation is not None and conversation in self._conversations:
+            raise ConversationBusy(conversation, self._conversations[conversation])
+        run = Run(
+            id=new_run_id(),
+            status="created",
+            model=request.model,
+            conversation_id=conversation,
+            background=request.background,
+            created_at=utcnow(),
+            metadata=request.metadata,
+        )
+        actor, actor_name = new_run_actor(run.id, self._settings, self._provider_settings)
+        self._store.insert(run, actor_name)
+        live = self._live[run.id] = _Live(run, actor)
+        if conversation is not None:
+            self._conversations[conversation] = run.id
+        live.watch = asyncio.create_task(self._watch(live, request))
+        return run, actor
+
+    async def get(self, run_id: str) -> Run | None:
+        live = self._live.get(run_id)
+        return live.run if live is not None else self._store.get(run_id)
+
+    async def list_runs(
+        self, conversation_id: str | None = None, status: RunStatus | None = None, limit: int = 50
+    ) -> list[Run]:
+        return self._store.query(conversation_id=conversation_id, status=status, limit=limit)
+
+    async def source(self, run_id: str) -> tuple[Run, ActorHandle | None] | None:
+        """Where a reader finds the run's frames: its live actor, or (None) the stored log."""
+        live = self._live.get(run_id)
+        if live is not None:
+            return live.run, live.actor
+        run = self._store.get(run_id)
+        return None if run is None else (run, None)
+
+    async def stored_frames(self, run_id: str) -> list[LoggedFrame] | None:
+        """The finished log, while it is kept; None for a run lost or past retention."""
+        return self._store.frames(run_id)
+
+    async def wait_terminal(self, run_id: str, timeout_s: float | None = None) -> Run | None:
+        live = self._live.get(run_id)
+        if live is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await live.done.wait()
+        return await self.get(run_id)
+
+    async def cancel(self, run_id: str) -> Run | None:
+        """Cancel and return the run once terminal; a terminal run is returned unchanged."""
+        live = self._live.get(run_id)
+        if live is None:
+            return self._store.get(run_id)
+        live.actor.cancel.remote(run_id)
+        try:
+            async with asyncio.timeout(self._settings.cancel_grace_s):
+                await live.done.wait()
+        except TimeoutError:
+            log.warning(
+                "run %s ignored its cancel for %ss; killing its actor",
+                run_id,
+                self._settings.cancel_grace_s,
+            )
+            self._finish(live.run.id, Outcome(stop_reason="cancelled", usage=Usage()), None, [])
+            ray.kill(live.actor, no_restart=True)
+        return await self.get(run_id)
+
+    async def finish(self, run_id: str, outcome: Outcome) -> Run | None:
+        """An outside terminal write (e.g. a tool that reconciles runs): refused if terminal."""
+        if await self.get(run_id) is None:
+            return None
+        return self._finish(run_id, outcome, None, [])
+
+    async def stream_endings(self, run_id: str) -> list[dict[str, Any]] | None:
+        return self._store.stream_endings(run_id)
+
+    async def stats(self) -> dict[str, int]:
+        return {"live_runs": len(self._live), "refused_writes": self.refused_writes}
+
+    # -- the one door for transitions ----------------------------------------------------
+
+    def _set_running(self, run_id: str) -> None:
+        live = self._live.get(run_id)
+        if live is not None and live.run.status == "created":
+            live.run = live.run.model_copy(update={"status": "running"})
+            self._store.update(live.run)
+
+    def _finish(
+        self,
+        run_id: str,
+        outcome: Outcome,
+        frames: list[LoggedFrame] | None,
+        stream_endings: list[dict[str, Any]],
+    ) -> Run:
+        live = self._live.get(run_id)
+        current = live.run if live is not None else self._store.get(run_id)
+        assert current is not None, f"unknown run {run_id}"
+        if current.terminal:
+            self.refused_writes += 1
+            log.debug("refused %s for %s: already %s", outcome.stop_reason, run_id, current.status)
+            return current
+        run = current.model_copy(
+            update={
+                "status": outcome.status,
+                "stop_reason": outcome.stop_reason,
+                "usage": outcome.usage,
+                "error": outcome.error,
+                "completed_at": utcnow(),
+            }
+        )
+        self._store.finish(run, frames, self._settings.log_retention_s, stream_endings)
+        if live is not None:
+            live.run = run
+            live.done.set()
+            del self._live[run_id]
+        conversation = run.conversation_id
+        if conversation is not None and self._conversations.get(conversation) == run_id:
+            del self._conversations[conversation]
+        return run
+
+    # -- watching run actors ---------------------------------------------------------------
+
+    async def _watch(self, live: _Live, request: RunRequest | None) -> None:
+        run_id = live.run.id
+        try:
+            if request is not None:
+                await live.actor.start.remote(run_id, request)
+            self._set_running(run_id)
+            result = await live.actor.result.remote(run_id)
+        except RayActorError as exc:
+            log.warning("run %s lost its actor: %s", run_id, exc)
+            self._finish(run_id, _lost("the run's actor died"), None, [])
+        except Exception as exc:
+            log.exception("run %s: its actor failed", run_id)
+            self._finish(run_id, _lost(f"{type(exc).__name__}: {exc}"), None, [])
+        else:
+            self._finish(run_id, result.outcome, result.frames, result.stream_endings)
+        finally:
+            live.done.set()
+        self._retire(live.actor)
+
+    def _retire(self, actor: ActorHandle) -> None:
+        # Graceful: runs after the actor's pending calls, so readers drain the last frames.
+        actor.__ray_terminate__.remote()
+
+    def _recover(self) -> None:
+        for run, actor_name in self._store.unfinished():
+            actor = None
+            if actor_name is not None:
+                with contextlib.suppress(ValueError):
+                    actor = ray.get_actor(actor_name, namespace=self._settings.namespace)
+            if actor is None:
+                self._finish(
+                    run.id, _lost("the run's actor was gone after a registry restart"), None, []
+                )
+                continue
+            live = self._live[run.id] = _Live(run, actor)
+            if run.conversation_id is not None:
+                self._conversations[run.conversation_id] = run.id
+            live.watch = asyncio.get_running_loop().create_task(self._watch(live, None))
+        log.info("registry recovered %d live runs", len(self._live))
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.purge_interval_s)
+            purged = self._store.purge_expired_logs()
+            if purged:
+                log.info("purged %d expired frame logs", purged)
+
+
+def _lost(message: str) -> Outcome:
+    return Outcome(
+        stop_reason="error",
+        usage=Usage(),
+        error=RunError(error_type="run_lost", message=message),
+    )

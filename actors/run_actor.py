@@ -1,0 +1,174 @@
+"""RunActor: owns one run at a time — its provider stream, its cancel event and its frame log.
+
+The pump runs the provider in its own task, so no reader can stop it; readers follow the log
+from any `seq_id`, each getting everything logged since its last read as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import BaseModel
+
+from actors.cancellation import drive
+from actors.frame_builder import FrameBuilder
+from actors.frame_log import FrameLog
+from actors.frames import LoggedFrame, StopReason
+from actors.records import Outcome, RunError, RunRequest, Usage, terminal_frames
+from providers.base import ProviderCall, RunCancelled
+from providers.catalog import make_provider, parse_options, split_model
+from providers.errors import ProviderError
+from providers.settings import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+
+class RunResult(BaseModel):
+    """What the registry records when a run ends: outcome, whole log, how each stream ended."""
+
+    run_id: str
+    outcome: Outcome
+    frames: list[LoggedFrame]
+    stream_endings: list[dict[str, Any]]
+
+
+class NotThisRun(LookupError):
+    """The actor is not (or no longer) running the run asked about."""
+
+
+class RunActor:
+    """An async Ray actor (see `actors.remote`). One run at a time; `reset` readies the next."""
+
+    def __init__(self, provider_settings: ProviderSettings) -> None:
+        self._settings = provider_settings
+        self._cancelled_ids: set[str] = set()
+        self._clear()
+
+    def _clear(self) -> None:
+        self._run_id: str | None = None
+        self._cancel = asyncio.Event()
+        self._log = FrameLog()
+        self._calls: list[ProviderCall] = []
+        self._result: RunResult | None = None
+        self._done = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self, run_id: str, request: RunRequest) -> None:
+        if self._run_id is not None:
+            raise RuntimeError(f"actor is busy with {self._run_id}; cannot start {run_id}")
+        self._run_id = run_id
+        if run_id in self._cancelled_ids:
+            self._cancel.set()
+        self._pump = asyncio.create_task(self._run(run_id, request), name=f"pump {run_id}")
+
+    async def cancel(self, run_id: str) -> None:
+        """Instant: set the event (or remember the intent, when start has not arrived yet)."""
+        if run_id == self._run_id:
+            self._cancel.set()
+        else:
+            self._cancelled_ids.add(run_id)
+
+    async def subscribe(
+        self, run_id: str, after_seq: int
+    ) -> AsyncGenerator[list[LoggedFrame], None]:
+        """Stream the log after `after_seq` in batches, ending after the terminal frames."""
+        self._check(run_id)
+        frames = self._log
+        while True:
+            await frames.wait_beyond(after_seq)
+            batch = frames.after(after_seq)
+            if not batch:
+                return
+            after_seq = batch[-1].seq_id
+            yield batch
+
+    async def read(self, run_id: str, after_seq: int) -> tuple[list[LoggedFrame], bool]:
+        """Long-poll: the frames after `after_seq` (waiting for at least one), and whether done."""
+        self._check(run_id)
+        await self._log.wait_beyond(after_seq)
+        return self._log.after(after_seq), self._log.closed
+
+    async def result(self, run_id: str) -> RunResult:
+        self._check(run_id)
+        await self._done.wait()
+        assert self._result is not None
+        return self._result
+
+    async def reset(self) -> None:
+        """Forget the finished run so a pool can hand this actor the next one."""
+        if self._pump is not None and not self._pump.done():
+            raise RuntimeError(f"cannot reset while {self._run_id} is running")
+        self._cancelled_ids.discard(self._run_id or "")
+        self._clear()
+
+    async def ping(self) -> int:
+        return 0
+
+    def _check(self, run_id: str) -> None:
+        if run_id != self._run_id:
+            raise NotThisRun(f"this actor is not running {run_id}")
+
+    async def _run(self, run_id: str, request: RunRequest) -> None:
+        builder = FrameBuilder(run_id, self._log, stream_tokens=request.stream_tokens)
+        usage = Usage()
+        error: RunError | None = None
+        stop: StopReason
+        try:
+            stop = await self._step(run_id, request, builder, usage)
+        except RunCancelled:
+            stop = "cancelled"
+        except ProviderError as exc:
+            stop = "llm_api_error"
+            error = RunError(error_type=exc.error_type, message=exc.message, detail=exc.detail)
+        except Exception as exc:
+            log.exception("run %s failed inside the runtime", run_id)
+            stop = "error"
+            error = RunError(error_type="internal_error", message=f"{type(exc).__name__}: {exc}")
+        outcome = Outcome(stop_reason=stop, usage=usage, error=error)
+        self._log.extend(terminal_frames(run_id, self._log.next_seq - 1, outcome))
+        self._log.close()
+        self._result = RunResult(
+            run_id=run_id,
+            outcome=outcome,
+            frames=self._log.snapshot(),
+            stream_endings=[asdict(call.ending) for call in self._calls],
+        )
+        self._done.set()
+
+    async def _step(
+        self, run_id: str, request: RunRequest, builder: FrameBuilder, usage: Usage
+    ) -> StopReason:
+        """One provider call. This runtime executes no tools, so a tool call ends the run."""
+        if self._cancel.is_set():
+            raise RunCancelled
+        provider_name, model_name = split_model(request.model)
+        provider = make_provider(provider_name, self._settings)
+        call = ProviderCall(
+            run_id=run_id,
+            model=model_name,
+            messages=request.messages,
+            options=parse_options(provider_name, request.provider_options),
+            step=1,
+            cancelled=self._cancel,
+        )
+        self._calls.append(call)
+        builder.begin_step(1)
+        try:
+            async for event in drive(provider.stream(call), self._cancel):
+                builder.add(event)
+        finally:
+            builder.end_message()
+            usage.step_count = 1
+            usage.prompt_tokens = call.usage.prompt_tokens
+            usage.completion_tokens = call.usage.completion_tokens
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        if not builder.tool_calls:
+            return "end_turn"
+        if request.max_steps == 1:
+            return "max_steps"
+        builder.request_approvals()
+        return "requires_approval"

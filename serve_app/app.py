@@ -1,0 +1,56 @@
+"""The Ray Serve deployment and its FastAPI ingress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from actors.client import connect_registry
+from actors.remote import ActorHandle
+from serve_app.errors import BodyLimit, error_response, install_error_handlers
+from serve_app.runs import Runtime, router
+from serve_app.settings import ServeSettings, Settings
+
+
+def build_api(registry: ActorHandle, settings: ServeSettings) -> FastAPI:
+    api = FastAPI(title="rayruns", version="0.1.0")
+    api.state.runtime = Runtime(registry, settings)
+    install_error_handlers(api)
+    api.include_router(router)
+
+    @api.get("/healthz", response_model=None)
+    async def healthz() -> Any:
+        try:
+            await registry.stats.remote()
+        except Exception as exc:
+            return error_response(503, f"not ready: {type(exc).__name__}")
+        return {"status": "ok"}
+
+    api.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return api
+
+
+@serve.ingress()
+class RunsIngress:
+    """One replica of the HTTP edge. It owns no run: runs live in detached actors."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._registry = connect_registry(settings.actors, settings.providers)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self._registry, self._settings.serve)
+
+
+def deployment(settings: Settings) -> Any:
+    """The Serve application, sized for long-lived streams (each holds a request slot)."""
+    ingress: Any = serve.deployment(RunsIngress)
+    return ingress.options(
+        name="RunsIngress",
+        num_replicas=settings.serve.num_replicas,
+        max_ongoing_requests=settings.serve.max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+        health_check_period_s=10,
+    ).bind(settings)

@@ -1,0 +1,127 @@
+"""Every error answer, mapped once: what a client sent wrong is a 4xx with a message."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray.exceptions import RayActorError, RaySystemError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from actors.client import UnknownRun
+from actors.registry import ConversationBusy
+from providers.errors import InvalidProviderOptions, UnknownProvider
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, with a message for the client."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return 400, "the body is not valid JSON"
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return 422, "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status, exc.message, **exc.extra)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        status, message = _validation_message(exc)
+        return error_response(status, message, errors=_jsonable(exc.errors()))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, str(exc.detail))
+
+    async def on_unknown_provider(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(400, str(exc))
+
+    async def on_invalid_options(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(422, str(exc))
+
+    async def on_busy(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ConversationBusy)
+        return error_response(409, str(exc), run_id=exc.run_id)
+
+    async def on_unknown_run(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(404, f"no run {exc.args[0]!r}")
+
+    async def on_ray_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("runtime unavailable: %s", exc)
+        return error_response(503, "the run registry is unavailable; retry shortly")
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(UnknownProvider, on_unknown_provider)
+    app.add_exception_handler(InvalidProviderOptions, on_invalid_options)
+    app.add_exception_handler(ConversationBusy, on_busy)
+    app.add_exception_handler(UnknownRun, on_unknown_run)
+    app.add_exception_handler(RayActorError, on_ray_down)
+    app.add_exception_handler(RaySystemError, on_ray_down)
+
+
+def _jsonable(errors: Any) -> list[dict[str, Any]]:
+    # Validation errors may carry the offending input (possibly huge) and exception objects.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": err.get("type")}
+        for err in errors
+    ]
+
+
+class BodyLimit:
+    """413 for a body over `limit` bytes, by Content-Length or by counting a chunked body."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise ApiError(413, f"the body is larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, f"the body is larger than {self.limit} bytes")
+        await response(scope, receive, send)

@@ -1,0 +1,177 @@
+"""The `/v1/runs` routes: validate, ask the actors, encode. No provider knowledge here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from sse_starlette.sse import EventSourceResponse
+
+from actors.client import find_run, follow, start_run
+from actors.frames import CONTENT_TYPES, LoggedFrame
+from actors.records import ID_MAX, Run, RunRequest, RunStatus, check_message_types
+from actors.remote import ActorHandle
+from providers.catalog import split_model
+from serve_app.errors import ApiError
+from serve_app.settings import ServeSettings
+from serve_app.sse import sse_body, wanted
+
+router = APIRouter(prefix="/v1")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Runtime:
+    """What the routes need, built once per replica."""
+
+    def __init__(self, registry: ActorHandle, settings: ServeSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+RunId = Annotated[str, Path(max_length=ID_MAX, description="a run id, as `POST /v1/runs` gave")]
+
+
+def _run_json(run: Run) -> dict[str, Any]:
+    data: dict[str, Any] = run.model_dump(mode="json")
+    return data
+
+
+@router.post("/runs", response_model=None)
+async def create_run(body: RunRequest, rt: RuntimeDep) -> Response:
+    split_model(body.model)  # unknown provider: 400 before anything is stored
+    run, actor = await start_run(rt.registry, body)
+    headers = {"X-Run-Id": run.id}
+    frames = follow(rt.registry, run.id, 0, actor)
+
+    def on_finish(completed: bool) -> None:
+        if not completed and not body.background:
+            rt.registry.cancel.remote(run.id)  # the client went away: a foreground run ends
+
+    if not body.stream:
+        return await _collected(
+            rt, run.id, frames, body.include_return_message_types, headers, on_finish
+        )
+    return _sse(
+        rt,
+        run.id,
+        frames,
+        body.include_pings,
+        body.include_return_message_types,
+        headers,
+        on_finish,
+    )
+
+
+@router.get("/runs")
+async def list_runs(
+    rt: RuntimeDep,
+    conversation_id: Annotated[str | None, Query(max_length=ID_MAX)] = None,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> list[dict[str, Any]]:
+    runs: list[Run] = await rt.registry.list_runs.remote(conversation_id, status, limit)
+    return [_run_json(r) for r in runs]
+
+
+@router.get("/runs/{run_id}")
+async def get_run(run_id: RunId, rt: RuntimeDep) -> dict[str, Any]:
+    run: Run | None = await rt.registry.get.remote(run_id)
+    if run is None:
+        raise ApiError(404, f"no run {run_id!r}")
+    return _run_json(run)
+
+
+@router.post("/runs/{run_id}/cancel")
+async def cancel_run(run_id: RunId, rt: RuntimeDep) -> dict[str, Any]:
+    run: Run | None = await rt.registry.cancel.remote(run_id)
+    if run is None:
+        raise ApiError(404, f"no run {run_id!r}")
+    return _run_json(run)
+
+
+@router.get("/runs/{run_id}/stream", response_model=None)
+async def stream_run(
+    run_id: RunId,
+    rt: RuntimeDep,
+    starting_after: Annotated[int | None, Query(ge=0)] = None,
+    include_pings: bool = True,
+    include_return_message_types: Annotated[list[str] | None, Query()] = None,
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+) -> Response:
+    after = starting_after if starting_after is not None else _cursor(last_event_id)
+    try:
+        types = check_message_types(include_return_message_types)
+    except ValueError as exc:
+        raise ApiError(422, f"include_return_message_types: {exc}") from None
+    _, actor = await find_run(rt.registry, run_id)
+    frames = follow(rt.registry, run_id, after, actor)
+    return _sse(rt, run_id, frames, include_pings, types, {"X-Run-Id": run_id}, None)
+
+
+def _cursor(last_event_id: str | None) -> int:
+    if last_event_id is None or last_event_id.strip() == "":
+        return 0
+    try:
+        value = int(last_event_id.strip())
+    except ValueError:
+        raise ApiError(
+            400, f"Last-Event-ID must be a seq_id (an integer), not {last_event_id!r}"
+        ) from None
+    if value < 0:
+        raise ApiError(400, "Last-Event-ID must not be negative")
+    return value
+
+
+def _sse(
+    rt: Runtime,
+    run_id: str,
+    frames: AsyncGenerator[list[LoggedFrame], None],
+    include_pings: bool,
+    types: list[str] | None,
+    headers: dict[str, str],
+    on_finish: Callable[[bool], None] | None,
+) -> EventSourceResponse:
+    body = sse_body(
+        frames,
+        run_id=run_id,
+        ping_interval_s=rt.settings.ping_interval_s if include_pings else None,
+        types=types,
+        on_finish=on_finish,
+    )
+    return EventSourceResponse(body, headers={**SSE_HEADERS, **headers}, ping=0)
+
+
+async def _collected(
+    rt: Runtime,
+    run_id: str,
+    frames: AsyncGenerator[list[LoggedFrame], None],
+    types: list[str] | None,
+    headers: dict[str, str],
+    on_finish: Callable[[bool], None],
+) -> JSONResponse:
+    logged: list[LoggedFrame] = []
+    finished = False
+    try:
+        async for batch in frames:
+            logged.extend(batch)
+        finished = True
+    finally:
+        on_finish(finished)
+    run: Run = await rt.registry.wait_terminal.remote(run_id)
+    messages = [
+        json.loads(f.data) for f in logged if f.message_type in CONTENT_TYPES and wanted(f, types)
+    ]
+    return JSONResponse(
+        {"run": _run_json(run), "messages": messages, "usage": _run_json(run)["usage"]},
+        headers=headers,
+    )

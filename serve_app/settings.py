@@ -1,0 +1,33 @@
+"""Settings of the HTTP layer, and the bundle of all three layers' settings, read once."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from actors.settings import ActorSettings
+from providers.settings import ProviderSettings
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAYRUNS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    ping_interval_s: float = Field(default=15.0, gt=0)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_ongoing_requests: int = Field(default=2000, ge=1)
+    num_replicas: int = Field(default=1, ge=1)
+    app_name: str = "rayruns"
+
+
+class Settings(BaseModel):
+    """Everything configurable, from `RAYRUNS_*` environment variables (and SDK fallbacks)."""
+
+    serve: ServeSettings
+    actors: ActorSettings
+    providers: ProviderSettings
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(serve=ServeSettings(), actors=ActorSettings(), providers=ProviderSettings())
