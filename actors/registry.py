@@ -61,6 +61,7 @@ class RunRegistry:
         self._live: dict[str, _Live] = {}
         self._conversations: dict[str, str] = {}
         self.refused_writes = 0
+        self._incarnation = uuid.uuid4().hex  # tells a restarted registry from its predecessor
         self._recover()
         self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
 
@@ -87,8 +88,12 @@ class RunRegistry:
         live = self._live[run.id] = _Live(run, actor)
         if conversation is not None:
             self._conversations[conversation] = run.id
-        live.watch = asyncio.create_task(self._watch(live, request))
-        return run, actor
+        # Started before returning, so that a reader's subscribe never overtakes `start`.
+        started = actor.start.remote(run.id, request)
+        live.watch = asyncio.create_task(self._watch(live, started))
+        with contextlib.suppress(Exception):  # the watch records a failed start
+            await started
+        return live.run, actor
 
     async def get(self, run_id: str) -> Run | None:
         live = self._live.get(run_id)
@@ -147,8 +152,12 @@ class RunRegistry:
     async def stream_endings(self, run_id: str) -> list[dict[str, Any]] | None:
         return self._store.stream_endings(run_id)
 
-    async def stats(self) -> dict[str, int]:
-        return {"live_runs": len(self._live), "refused_writes": self.refused_writes}
+    async def stats(self) -> dict[str, int | str]:
+        return {
+            "live_runs": len(self._live),
+            "refused_writes": self.refused_writes,
+            "incarnation": self._incarnation,
+        }
 
     # -- the one door for transitions ----------------------------------------------------
 
@@ -193,11 +202,11 @@ class RunRegistry:
 
     # -- watching run actors ---------------------------------------------------------------
 
-    async def _watch(self, live: _Live, request: RunRequest | None) -> None:
+    async def _watch(self, live: _Live, started: Any) -> None:
         run_id = live.run.id
         try:
-            if request is not None:
-                await live.actor.start.remote(run_id, request)
+            if started is not None:
+                await started
             self._set_running(run_id)
             result = await live.actor.result.remote(run_id)
         except RayActorError as exc:

@@ -1,0 +1,164 @@
+"""One Ray and one Serve instance for the whole session; helpers to drive runs over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from actors.client import connect_registry
+from serve_app.app import deployment
+from serve_app.settings import Settings
+from tests.sse_client import Event, events_of
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+RUN_ACTOR_PREFIX = "rayruns-run-"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    s = Settings.from_env()
+    s.actors.namespace = "rayruns-test"
+    s.actors.db_path = Path(tmp_path_factory.mktemp("db")) / "runs.sqlite3"
+    s.actors.cancel_grace_s = 5.0
+    s.serve.port = _free_port()
+    s.serve.ping_interval_s = 0.3
+    s.serve.max_body_bytes = 64 * 1024
+    return s
+
+
+@pytest.fixture(scope="session")
+def ray_session(settings: Settings) -> Iterator[None]:
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace=settings.actors.namespace,
+        log_to_driver=bool(os.environ.get("RAYRUNS_TEST_RAY_LOGS")),
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def registry(ray_session: None, settings: Settings) -> Any:
+    handle = connect_registry(settings.actors, settings.providers)
+    ray.get(handle.stats.remote())
+    return handle
+
+
+@pytest.fixture(scope="session")
+def base_url(registry: Any, settings: Settings) -> Iterator[str]:
+    serve.start(http_options={"host": "127.0.0.1", "port": settings.serve.port})
+    serve.run(deployment(settings), name=settings.serve.app_name, route_prefix="/")
+    yield f"http://127.0.0.1:{settings.serve.port}"
+    serve.shutdown()
+
+
+@pytest.fixture
+async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        yield client
+
+
+def run_actor_names(namespace: str) -> set[str]:
+    return {
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == namespace and a["name"].startswith(RUN_ACTOR_PREFIX)
+    }
+
+
+def body(text: str = "hello world", **kw: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], **kw}
+
+
+@dataclass
+class SSEStream:
+    """An open SSE response and its decoded events, read one at a time."""
+
+    response: httpx.Response
+    events: AsyncIterator[Event]
+    seen: list[Event] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return self.response.headers["x-run-id"]
+
+    async def next(self) -> Event:
+        event = await anext(self.events)
+        self.seen.append(event)
+        return event
+
+    async def next_frame(self) -> Event:
+        """The next event that is not a ping."""
+        while True:
+            event = await self.next()
+            if event.done or event.json.get("message_type") != "ping":
+                return event
+
+    async def rest(self) -> list[Event]:
+        out = [e async for e in self.events]
+        self.seen.extend(out)
+        return out
+
+
+async def open_sse(
+    client: httpx.AsyncClient, method: str, url: str, **kw: Any
+) -> tuple[SSEStream, Any]:
+    cm = client.stream(method, url, **kw)
+    response = await cm.__aenter__()
+    assert response.status_code == 200, (response.status_code, await response.aread())
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return SSEStream(response, events_of(response.aiter_bytes())), cm
+
+
+async def collect(client: httpx.AsyncClient, method: str, url: str, **kw: Any) -> list[Event]:
+    """Every event of a whole SSE response, through to `[DONE]`."""
+    stream, cm = await open_sse(client, method, url, **kw)
+    try:
+        return await stream.rest()
+    finally:
+        await cm.__aexit__(None, None, None)
+
+
+def frames(events: list[Event]) -> list[dict[str, Any]]:
+    """The logged frames (those with an SSE id), decoded."""
+    return [e.json for e in events if not e.done and e.id_field_seen]
+
+
+def assert_well_formed(events: list[Event]) -> None:
+    """Ids equal seq_ids and are consecutive; terminal frames in order; `[DONE]` last."""
+    assert events and events[-1].done, "every stream ends with [DONE]"
+    assert sum(e.done for e in events) == 1
+    logged = [e for e in events if not e.done and e.id_field_seen]
+    for e in logged:
+        assert e.last_event_id == str(e.json["seq_id"])
+        assert (e.type == "error") == (e.json["message_type"] == "error")
+    kinds = [e.json["message_type"] for e in logged]
+    assert kinds.count("stop_reason") == 1 and kinds.count("usage_statistics") == 1
+    assert kinds[-2:] == ["stop_reason", "usage_statistics"]
+    if "error" in kinds:
+        assert kinds[-3] == "error" and kinds.count("error") == 1
+
+
+async def wait_terminal(registry: Any, run_id: str, timeout_s: float = 30) -> Any:
+    run = await registry.wait_terminal.remote(run_id, timeout_s)
+    assert run is not None and run.terminal, run
+    return run
+

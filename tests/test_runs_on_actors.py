@@ -1,0 +1,209 @@
+"""Runs driven through the registry and run actors directly (no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import ray
+
+from actors.client import follow, start_run
+from actors.frames import LoggedFrame
+from actors.records import Outcome, RunRequest, Usage
+from tests.conftest import run_actor_names, wait_terminal
+
+
+def request(text: str = "alpha beta gamma", **options: Any) -> RunRequest:
+    return RunRequest(messages=[{"role": "user", "content": text}], provider_options=options)
+
+
+async def read_all(registry: Any, run_id: str, actor: Any, after: int = 0) -> list[LoggedFrame]:
+    return [f async for batch in follow(registry, run_id, after, actor) for f in batch]
+
+
+def kinds(frames: list[LoggedFrame]) -> list[str]:
+    return [f.message_type for f in frames]
+
+
+def stop_reason_of(frames: list[LoggedFrame]) -> str:
+    import json
+
+    (stop,) = [json.loads(f.data) for f in frames if f.message_type == "stop_reason"]
+    return str(stop["stop_reason"])
+
+
+async def endings(registry: Any, run_id: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = await registry.stream_endings.remote(run_id)
+    return found
+
+
+async def test_a_run_completes_and_its_log_is_numbered_from_one(registry: Any) -> None:
+    run, actor = await start_run(registry, request())
+    frames = await read_all(registry, run.id, actor)
+    assert [f.seq_id for f in frames] == list(range(1, len(frames) + 1))
+    assert kinds(frames) == ["assistant_message"] * 3 + ["stop_reason", "usage_statistics"]
+    done = await wait_terminal(registry, run.id)
+    assert done.status == "completed" and done.stop_reason == "end_turn"
+    assert done.usage.completion_tokens == 3 and done.usage.prompt_tokens == 3
+
+
+async def test_cancel_while_the_provider_awaits_the_network(registry: Any) -> None:
+    run, actor = await start_run(registry, request(hang_after=2))
+    reader = follow(registry, run.id, 0, actor)
+    got: list[LoggedFrame] = []
+    while len(got) < 2:
+        got += await anext(reader)
+    cancelled = await registry.cancel.remote(run.id)
+    got += [f async for batch in reader for f in batch]
+    assert cancelled.status == "cancelled" and cancelled.stop_reason == "cancelled"
+    assert stop_reason_of(got) == "cancelled"
+    assert cancelled.usage.completion_tokens == 2
+    (ending,) = await endings(registry, run.id)
+    assert ending == {
+        "outcome": "cancelled",
+        "cancelled_at": "await",
+        "upstream_closed": True,
+        "error": None,
+    }
+
+
+async def test_cancel_mid_stream_is_seen_by_the_generator(registry: Any) -> None:
+    run, actor = await start_run(registry, request(" ".join(["w"] * 500), delay_s=0.01))
+    reader = follow(registry, run.id, 0, actor)
+    await anext(reader)
+    cancelled = await registry.cancel.remote(run.id)
+    rest = [f async for batch in reader for f in batch]
+    assert cancelled.status == "cancelled" and stop_reason_of(rest) == "cancelled"
+    (ending,) = await endings(registry, run.id)
+    assert ending["outcome"] == "cancelled" and ending["upstream_closed"]
+    assert ending["cancelled_at"] in ("yield", "await")
+
+
+async def test_cancel_before_start_wins(registry: Any, settings: Any) -> None:
+    from actors.remote import new_run_actor
+
+    actor, _ = new_run_actor("run-direct-before-start", settings.actors, settings.providers)
+    try:
+        await actor.cancel.remote("run-direct-before-start")
+        await actor.start.remote("run-direct-before-start", request())
+        result = await actor.result.remote("run-direct-before-start")
+        assert result.outcome.stop_reason == "cancelled"
+        assert result.stream_endings == []  # the provider was never called
+        assert kinds(result.frames) == ["stop_reason", "usage_statistics"]
+    finally:
+        ray.kill(actor)
+
+
+async def test_cancel_after_the_end_leaves_it_completed(registry: Any) -> None:
+    run, actor = await start_run(registry, request())
+    await read_all(registry, run.id, actor)
+    done = await wait_terminal(registry, run.id)
+    again = await registry.cancel.remote(run.id)
+    assert done.status == again.status == "completed"
+    assert again.completed_at == done.completed_at
+
+
+async def test_two_cancels_at_once(registry: Any) -> None:
+    run, actor = await start_run(registry, request(hang_after=1))
+    reader = follow(registry, run.id, 0, actor)
+    await anext(reader)
+    a, b = await asyncio.gather(registry.cancel.remote(run.id), registry.cancel.remote(run.id))
+    assert a.status == b.status == "cancelled"
+    rest = [f async for batch in reader for f in batch]
+    assert kinds(rest).count("stop_reason") == 1
+
+
+async def test_cancel_racing_completion_always_ends_once(registry: Any) -> None:
+    seen = set()
+    for i in range(25):
+        run, actor = await start_run(registry, request(" ".join(["x"] * (i % 5 + 1))))
+        reader = read_all(registry, run.id, actor)
+        frames, cancelled = await asyncio.gather(reader, registry.cancel.remote(run.id))
+        record = await wait_terminal(registry, run.id)
+        assert record.stop_reason == stop_reason_of(frames) == cancelled.stop_reason
+        assert kinds(frames).count("stop_reason") == 1
+        seen.add(record.status)
+    assert seen <= {"completed", "cancelled"}
+
+
+async def test_a_second_terminal_write_is_refused(registry: Any) -> None:
+    run, actor = await start_run(registry, request())
+    await read_all(registry, run.id, actor)
+    done = await wait_terminal(registry, run.id)
+    before = (await registry.stats.remote())["refused_writes"]
+    late = Outcome(stop_reason="cancelled", usage=Usage())
+    again = await registry.finish.remote(run.id, late)
+    assert again == done
+    assert (await registry.get.remote(run.id)) == done
+    assert (await registry.stats.remote())["refused_writes"] == before + 1
+
+
+async def test_an_actor_killed_mid_run_is_run_lost(registry: Any) -> None:
+    run, actor = await start_run(registry, request(hang_after=2))
+    reader = follow(registry, run.id, 0, actor)
+    got: list[LoggedFrame] = []
+    while len(got) < 2:
+        got += await anext(reader)
+    ray.kill(actor, no_restart=True)
+    got += [f async for batch in reader for f in batch]
+    assert kinds(got)[-3:] == ["error", "stop_reason", "usage_statistics"]
+    assert [f.seq_id for f in got] == list(range(1, len(got) + 1))
+    lost = await wait_terminal(registry, run.id)
+    assert lost.status == "failed" and lost.error.error_type == "run_lost"
+    # A reader arriving later gets the same ending.
+    late = await read_all(registry, run.id, None)
+    assert kinds(late) == ["error", "stop_reason", "usage_statistics"]
+
+
+async def test_records_survive_a_registry_restart(registry: Any) -> None:
+    run, actor = await start_run(registry, request())
+    await read_all(registry, run.id, actor)
+    done = await wait_terminal(registry, run.id)
+    first = (await registry.stats.remote())["incarnation"]
+    ray.kill(registry, no_restart=False)  # Ray restarts it; its constructor reloads SQLite
+    for _ in range(600):
+        try:
+            if (await registry.stats.remote())["incarnation"] != first:
+                break
+        except ray.exceptions.RayActorError:
+            pass
+        await asyncio.sleep(0.05)  # a restart has no event to wait on from outside
+    else:
+        raise AssertionError("the registry was not restarted")
+    assert (await registry.get.remote(run.id)) == done
+    frames = await read_all(registry, run.id, None)
+    assert kinds(frames)[-2:] == ["stop_reason", "usage_statistics"]
+
+
+async def test_run_actors_end_with_their_runs(registry: Any, settings: Any) -> None:
+    before = run_actor_names(settings.actors.namespace)
+    runs = [await start_run(registry, request()) for _ in range(3)]
+    for run, actor in runs:
+        await read_all(registry, run.id, actor)
+        await wait_terminal(registry, run.id)
+    for _ in range(200):
+        if run_actor_names(settings.actors.namespace) <= before:
+            break
+        await asyncio.sleep(0.05)  # actor exit is asynchronous in Ray; nothing to await
+    assert run_actor_names(settings.actors.namespace) <= before
+
+
+@pytest.mark.parametrize(
+    ("knobs", "error_type"),
+    [
+        ({"fail": "timeout"}, "llm_timeout"),
+        ({"fail": "rate_limit"}, "llm_rate_limit"),
+        ({"fail": "auth"}, "llm_authentication"),
+        ({"fail": "bad_request"}, "llm_bad_request"),
+        ({"fail": "error", "fail_after": 2}, "llm_error"),
+    ],
+)
+async def test_provider_failures(registry: Any, knobs: dict[str, Any], error_type: str) -> None:
+    run, actor = await start_run(registry, request(**knobs))
+    frames = await read_all(registry, run.id, actor)
+    record = await wait_terminal(registry, run.id)
+    assert record.status == "failed" and record.stop_reason == "llm_api_error"
+    assert record.error.error_type == error_type
+    assert kinds(frames)[-3:] == ["error", "stop_reason", "usage_statistics"]
+    assert kinds(frames).count("assistant_message") == knobs.get("fail_after", 0)
