@@ -61,10 +61,11 @@ async def sse_body(
         completed = True
         yield DONE
     finally:
+        # First, before any await here can be interrupted by a second cancel.
+        if on_finish is not None:
+            on_finish(completed)
         if pending is not None and not pending.done():
             pending.cancel()
             await asyncio.wait((pending,))
         with contextlib.suppress(Exception):
             await batches.aclose()
-        if on_finish is not None:
-            on_finish(completed)

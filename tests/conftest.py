@@ -161,4 +161,3 @@ async def wait_terminal(registry: Any, run_id: str, timeout_s: float = 30) -> An
     run = await registry.wait_terminal.remote(run_id, timeout_s)
     assert run is not None and run.terminal, run
     return run
-

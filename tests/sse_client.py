@@ -83,10 +83,9 @@ class SSEDecoder:
             self._data.append(value)
         elif field == "event":
             self._type = value
-        elif field == "id":
-            if "\0" not in value:
-                self._last_id = value
-                self._id_seen = True
+        elif field == "id" and "\0" not in value:
+            self._last_id = value
+            self._id_seen = True
         # "retry" and unknown fields are ignored here
         return None
 
