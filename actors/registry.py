@@ -19,8 +19,9 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.frames import LoggedFrame
+from actors.pool import ActorPool, RunActorRef
 from actors.records import Outcome, Run, RunError, RunRequest, RunStatus, Usage, utcnow
-from actors.remote import ActorHandle, new_run_actor
+from actors.remote import ActorHandle
 from actors.settings import ActorSettings
 from actors.store import RunStore
 from providers.catalog import parse_options, split_model
@@ -44,9 +45,13 @@ class ConversationBusy(Exception):
 @dataclass
 class _Live:
     run: Run
-    actor: ActorHandle
+    actor: RunActorRef
     done: asyncio.Event = field(default_factory=asyncio.Event)
     watch: asyncio.Task[None] | None = None
+
+    @property
+    def handle(self) -> ActorHandle:
+        return self.actor.handle
 
 
 def new_run_id() -> str:
@@ -62,6 +67,7 @@ class RunRegistry:
         self._conversations: dict[str, str] = {}
         self.refused_writes = 0
         self._incarnation = uuid.uuid4().hex  # tells a restarted registry from its predecessor
+        self._pool = ActorPool(settings, provider_settings)
         self._recover()
         self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
 
@@ -83,21 +89,27 @@ class RunRegistry:
             created_at=utcnow(),
             metadata=request.metadata,
         )
-        actor, actor_name = new_run_actor(run.id, self._settings, self._provider_settings)
-        self._store.insert(run, actor_name)
-        live = self._live[run.id] = _Live(run, actor)
+        live = self._live[run.id] = _Live(run, self._pool.acquire())
+        self._store.insert(run, live.actor.name)
         if conversation is not None:
             self._conversations[conversation] = run.id
         # Started before returning, so that a reader's subscribe never overtakes `start`.
-        started = actor.start.remote(run.id, request)
-        live.watch = asyncio.create_task(self._watch(live, started))
-        with contextlib.suppress(Exception):  # the watch records a failed start
-            await started
-        return live.run, actor
+        try:
+            await live.handle.start.remote(run.id, request)
+        except RayActorError:  # a pooled actor that died while idle: a new one takes over
+            self._pool.discard(live.actor)
+            live.actor = self._pool.spawn()
+            self._store.set_actor(run.id, live.actor.name)
+            try:
+                await live.handle.start.remote(run.id, request)
+            except RayActorError as exc:
+                lost = _lost(f"no run actor could start: {exc}")
+                return self._finish(run.id, lost, None, []), live.handle
+        live.watch = asyncio.create_task(self._watch(live))
+        return live.run, live.handle
 
     async def get(self, run_id: str) -> Run | None:
-        live = self._live.get(run_id)
-        return live.run if live is not None else self._store.get(run_id)
+        return self._record(run_id)
 
     async def list_runs(
         self, conversation_id: str | None = None, status: RunStatus | None = None, limit: int = 50
@@ -108,7 +120,7 @@ class RunRegistry:
         """Where a reader finds the run's frames: its live actor, or (None) the stored log."""
         live = self._live.get(run_id)
         if live is not None:
-            return live.run, live.actor
+            return live.run, live.handle
         run = self._store.get(run_id)
         return None if run is None else (run, None)
 
@@ -129,7 +141,7 @@ class RunRegistry:
         live = self._live.get(run_id)
         if live is None:
             return self._store.get(run_id)
-        live.actor.cancel.remote(run_id)
+        live.handle.cancel.remote(run_id)
         try:
             async with asyncio.timeout(self._settings.cancel_grace_s):
                 await live.done.wait()
@@ -140,7 +152,7 @@ class RunRegistry:
                 self._settings.cancel_grace_s,
             )
             self._finish(live.run.id, Outcome(stop_reason="cancelled", usage=Usage()), None, [])
-            ray.kill(live.actor, no_restart=True)
+            ray.kill(live.handle, no_restart=True)
         return await self.get(run_id)
 
     async def finish(self, run_id: str, outcome: Outcome) -> Run | None:
@@ -157,9 +169,21 @@ class RunRegistry:
             "live_runs": len(self._live),
             "refused_writes": self.refused_writes,
             "incarnation": self._incarnation,
+            **self._pool.status(),
+        }
+
+    async def actor_names(self) -> dict[str, list[str]]:
+        """Which run actors exist: idle in the pool, or serving a run."""
+        return {
+            "idle": self._pool.idle_names(),
+            "busy": [live.actor.name for live in self._live.values()],
         }
 
     # -- the one door for transitions ----------------------------------------------------
+
+    def _record(self, run_id: str) -> Run | None:
+        live = self._live.get(run_id)
+        return live.run if live is not None else self._store.get(run_id)
 
     def _set_running(self, run_id: str) -> None:
         live = self._live.get(run_id)
@@ -175,7 +199,7 @@ class RunRegistry:
         stream_endings: list[dict[str, Any]],
     ) -> Run:
         live = self._live.get(run_id)
-        current = live.run if live is not None else self._store.get(run_id)
+        current = self._record(run_id)
         assert current is not None, f"unknown run {run_id}"
         if current.terminal:
             self.refused_writes += 1
@@ -202,13 +226,11 @@ class RunRegistry:
 
     # -- watching run actors ---------------------------------------------------------------
 
-    async def _watch(self, live: _Live, started: Any) -> None:
+    async def _watch(self, live: _Live) -> None:
         run_id = live.run.id
         try:
-            if started is not None:
-                await started
             self._set_running(run_id)
-            result = await live.actor.result.remote(run_id)
+            result = await live.handle.result.remote(run_id)
         except RayActorError as exc:
             log.warning("run %s lost its actor: %s", run_id, exc)
             self._finish(run_id, _lost("the run's actor died"), None, [])
@@ -219,27 +241,23 @@ class RunRegistry:
             self._finish(run_id, result.outcome, result.frames, result.stream_endings)
         finally:
             live.done.set()
-        self._retire(live.actor)
-
-    def _retire(self, actor: ActorHandle) -> None:
-        # Graceful: runs after the actor's pending calls, so readers drain the last frames.
-        actor.__ray_terminate__.remote()
+        await self._pool.release(live.actor)
 
     def _recover(self) -> None:
         for run, actor_name in self._store.unfinished():
-            actor = None
+            handle = None
             if actor_name is not None:
                 with contextlib.suppress(ValueError):
-                    actor = ray.get_actor(actor_name, namespace=self._settings.namespace)
-            if actor is None:
-                self._finish(
-                    run.id, _lost("the run's actor was gone after a registry restart"), None, []
-                )
+                    handle = ray.get_actor(actor_name, namespace=self._settings.namespace)
+            if handle is None or actor_name is None:
+                lost = _lost("the run's actor was gone after a registry restart")
+                self._finish(run.id, lost, None, [])
                 continue
-            live = self._live[run.id] = _Live(run, actor)
+            live = self._live[run.id] = _Live(run, RunActorRef(handle, actor_name))
             if run.conversation_id is not None:
                 self._conversations[run.conversation_id] = run.id
-            live.watch = asyncio.get_running_loop().create_task(self._watch(live, None))
+            live.watch = asyncio.get_running_loop().create_task(self._watch(live))
+        self._pool.adopt_orphans({live.actor.name for live in self._live.values()})
         log.info("registry recovered %d live runs", len(self._live))
 
     async def _purge_loop(self) -> None:

@@ -25,10 +25,9 @@ RUN_ACTOR_OPTIONS: dict[str, Any] = {
 
 
 def new_run_actor(
-    run_id: str, settings: ActorSettings, provider_settings: ProviderSettings
-) -> tuple[ActorHandle, str]:
-    name = f"rayruns-{run_id}"
+    name: str, settings: ActorSettings, provider_settings: ProviderSettings
+) -> ActorHandle:
     options = {**RUN_ACTOR_OPTIONS, "name": name, "namespace": settings.namespace}
     if settings.run_actor_memory_mb:
         options["memory"] = settings.run_actor_memory_mb * 1024 * 1024
-    return RemoteRunActor.options(**options).remote(provider_settings), name
+    return RemoteRunActor.options(**options).remote(provider_settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncGenerator
 from dataclasses import asdict
 from typing import Any
@@ -105,8 +106,12 @@ class RunActor:
         self._cancelled_ids.discard(self._run_id or "")
         self._clear()
 
+    async def current_run(self) -> str | None:
+        return self._run_id
+
     async def ping(self) -> int:
-        return 0
+        """The actor's process id: readiness, and which process serves a run."""
+        return os.getpid()
 
     def _check(self, run_id: str) -> None:
         if run_id != self._run_id:

@@ -18,6 +18,7 @@ class ActorSettings(BaseSettings):
     cancel_grace_s: float = Field(default=10.0, gt=0)
     purge_interval_s: float = Field(default=60.0, gt=0)
     pool_size: int = Field(default=4, ge=0)
+    pool_idle_s: float = Field(default=30.0, gt=0)
     run_actor_memory_mb: int = Field(default=0, ge=0)
 
     def resolved_db_path(self) -> Path:

@@ -58,6 +58,9 @@ class RunStore:
             ),
         )
 
+    def set_actor(self, run_id: str, actor_name: str) -> None:
+        self._db.execute("UPDATE runs SET actor_name = ? WHERE id = ?", (actor_name, run_id))
+
     def update(self, run: Run) -> None:
         self._db.execute(
             "UPDATE runs SET status = ?, record = ? WHERE id = ?",

@@ -27,9 +27,7 @@ class ProviderSettings(BaseSettings):
     )
     google_api_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices(
-            "RAYRUNS_GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"
-        ),
+        validation_alias=AliasChoices("RAYRUNS_GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"),
     )
     google_base_url: str | None = Field(
         default=None,

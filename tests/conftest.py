@@ -21,7 +21,7 @@ from tests.sse_client import Event, events_of
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-RUN_ACTOR_PREFIX = "rayruns-run-"
+RUN_ACTOR_PREFIX = "rayruns-actor-"
 
 
 def _free_port() -> int:
@@ -37,6 +37,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     s.actors.namespace = "rayruns-test"
     s.actors.db_path = Path(tmp_path_factory.mktemp("db")) / "runs.sqlite3"
     s.actors.cancel_grace_s = 5.0
+    s.actors.pool_idle_s = 1.0
     s.serve.port = _free_port()
     s.serve.ping_interval_s = 0.3
     s.serve.max_body_bytes = 64 * 1024

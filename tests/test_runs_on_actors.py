@@ -83,7 +83,7 @@ async def test_cancel_mid_stream_is_seen_by_the_generator(registry: Any) -> None
 async def test_cancel_before_start_wins(registry: Any, settings: Any) -> None:
     from actors.remote import new_run_actor
 
-    actor, _ = new_run_actor("run-direct-before-start", settings.actors, settings.providers)
+    actor = new_run_actor("rayruns-actor-test-before-start", settings.actors, settings.providers)
     try:
         await actor.cancel.remote("run-direct-before-start")
         await actor.start.remote("run-direct-before-start", request())
@@ -176,17 +176,68 @@ async def test_records_survive_a_registry_restart(registry: Any) -> None:
     assert kinds(frames)[-2:] == ["stop_reason", "usage_statistics"]
 
 
-async def test_run_actors_end_with_their_runs(registry: Any, settings: Any) -> None:
-    before = run_actor_names(settings.actors.namespace)
-    runs = [await start_run(registry, request()) for _ in range(3)]
+async def test_no_run_actor_outlives_its_run(registry: Any, settings: Any) -> None:
+    runs = [await start_run(registry, request()) for _ in range(6)]
     for run, actor in runs:
         await read_all(registry, run.id, actor)
         await wait_terminal(registry, run.id)
+    names = await registry.actor_names.remote()
+    assert names["busy"] == []
+    # What exists is the warm pool and nothing else (actor exit is asynchronous in Ray).
     for _ in range(200):
-        if run_actor_names(settings.actors.namespace) <= before:
+        if run_actor_names(settings.actors.namespace) == set(names["idle"]):
             break
-        await asyncio.sleep(0.05)  # actor exit is asynchronous in Ray; nothing to await
-    assert run_actor_names(settings.actors.namespace) <= before
+        await asyncio.sleep(0.05)
+        names = await registry.actor_names.remote()
+    assert run_actor_names(settings.actors.namespace) == set(names["idle"])
+    for name in names["idle"]:  # idle actors were reset: they hold no run
+        idle = ray.get_actor(name, namespace=settings.actors.namespace)
+        assert await idle.current_run.remote() is None
+
+
+async def test_spare_actors_after_a_burst_are_ended(registry: Any, settings: Any) -> None:
+    burst = [await start_run(registry, request(hang_after=0)) for _ in range(8)]
+    for run, _ in burst:
+        await registry.cancel.remote(run.id)
+    for _ in range(400):
+        if (await registry.stats.remote())["idle"] == settings.actors.pool_size:
+            break
+        await asyncio.sleep(0.05)  # trimming runs on its own clock (pool_idle_s = 1 here)
+    assert (await registry.stats.remote())["idle"] == settings.actors.pool_size
+
+
+async def test_pooled_actors_are_reused_and_reset(registry: Any) -> None:
+    pids = []
+    for i in range(4):
+        run, actor = await start_run(registry, request(f"run{i} alone", hang_after=1))
+        pids.append(await actor.ping.remote())
+        await registry.cancel.remote(run.id)
+        frames = await read_all(registry, run.id, None)
+        assert [f.seq_id for f in frames] == [1, 2, 3]
+        assert f"run{i} " in frames[0].data and run.id in frames[0].data
+    assert len(set(pids)) < len(pids), "a warm actor serves more than one run"
+
+
+async def test_the_pool_never_gives_one_actor_two_runs(registry: Any) -> None:
+    started = [await start_run(registry, request(hang_after=0)) for _ in range(6)]
+    pids = [await actor.ping.remote() for _, actor in started]
+    assert len(set(pids)) == len(pids)
+    for run, _ in started:
+        assert (await registry.cancel.remote(run.id)).status == "cancelled"
+
+
+async def test_a_dead_pooled_actor_is_replaced(registry: Any, settings: Any) -> None:
+    for name in (await registry.actor_names.remote())["idle"]:
+        ray.kill(ray.get_actor(name, namespace=settings.actors.namespace))
+    run, actor = await start_run(registry, request("still works"))
+    frames = await read_all(registry, run.id, actor)
+    assert stop_reason_of(frames) == "end_turn"
+    for _ in range(400):
+        stats = await registry.stats.remote()
+        if stats["idle"] == settings.actors.pool_size:
+            break
+        await asyncio.sleep(0.05)  # refilling starts processes; nothing to await from here
+    assert stats["idle"] == settings.actors.pool_size
 
 
 @pytest.mark.parametrize(
