@@ -24,6 +24,7 @@ ErrorType = Literal[
     "internal_error",
     "stream_incomplete",
     "run_lost",
+    "invalid_request",
 ]
 
 
