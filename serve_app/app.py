@@ -9,6 +9,7 @@ from ray import serve
 
 from actors.client import connect_registry
 from actors.remote import ActorHandle
+from serve_app import chat_completions
 from serve_app.errors import BodyLimit, error_response, install_error_handlers
 from serve_app.runs import Runtime, router
 from serve_app.settings import ServeSettings, Settings
@@ -19,6 +20,7 @@ def build_api(registry: ActorHandle, settings: ServeSettings) -> FastAPI:
     api.state.runtime = Runtime(registry, settings)
     install_error_handlers(api)
     api.include_router(router)
+    api.include_router(chat_completions.router)
 
     @api.get("/healthz", response_model=None)
     async def healthz() -> Any:

@@ -17,7 +17,7 @@ from actors.remote import ActorHandle
 from providers.catalog import split_model
 from serve_app.errors import ApiError
 from serve_app.settings import ServeSettings
-from serve_app.sse import sse_body, wanted
+from serve_app.sse import FrameEncoder, sse_body, wanted
 
 router = APIRouter(prefix="/v1")
 
@@ -143,9 +143,8 @@ def _sse(
 ) -> EventSourceResponse:
     body = sse_body(
         frames,
-        run_id=run_id,
+        FrameEncoder(run_id, types),
         ping_interval_s=rt.settings.ping_interval_s if include_pings else None,
-        types=types,
         on_finish=on_finish,
     )
     return EventSourceResponse(body, headers={**SSE_HEADERS, **headers}, ping=0)

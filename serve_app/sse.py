@@ -1,27 +1,29 @@
-"""Frames → SSE, in this one place. Pings are sent after `ping_interval_s` without a frame."""
+"""Frames → SSE, in this one place. Pings are sent after `ping_interval_s` without a frame.
+
+Two dialects share the machinery: rayruns frames (`id:` = seq_id, ping frames) and OpenAI
+Chat Completions chunks (no ids, comment keep-alives), chosen by the encoder.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable
+from typing import Any, Protocol
 
 from sse_starlette.event import ServerSentEvent
 
 from actors.frames import CONTENT_TYPES, LoggedFrame
 
 DONE = ServerSentEvent(data="[DONE]").encode()
+KEEPALIVE = ServerSentEvent(comment="keep-alive").encode()
 
 
-def encode_frame(frame: LoggedFrame) -> bytes:
-    event = "error" if frame.message_type == "error" else None
-    return ServerSentEvent(data=frame.data, id=str(frame.seq_id), event=event).encode()
+class Encoder(Protocol):
+    def batch(self, frames: list[LoggedFrame]) -> bytes: ...
 
-
-def encode_ping(run_id: str, last_seq: int | None) -> bytes:
-    data = json.dumps({"message_type": "ping", "run_id": run_id, "seq_id": last_seq})
-    return ServerSentEvent(data=data).encode()
+    def ping(self, last_seq: int | None) -> bytes: ...
 
 
 def wanted(frame: LoggedFrame, types: Collection[str] | None) -> bool:
@@ -29,12 +31,50 @@ def wanted(frame: LoggedFrame, types: Collection[str] | None) -> bool:
     return types is None or frame.message_type not in CONTENT_TYPES or frame.message_type in types
 
 
+def encode_json(data: Any) -> bytes:
+    return ServerSentEvent(data=json.dumps(data, separators=(",", ":"))).encode()
+
+
+class FrameEncoder:
+    """rayruns frames: each with `id: <seq_id>`; errors as `event: error`; ping frames."""
+
+    def __init__(self, run_id: str, types: Collection[str] | None) -> None:
+        self._run_id = run_id
+        self._types = types
+
+    def batch(self, frames: list[LoggedFrame]) -> bytes:
+        return b"".join(
+            ServerSentEvent(
+                data=f.data,
+                id=str(f.seq_id),
+                event="error" if f.message_type == "error" else None,
+            ).encode()
+            for f in frames
+            if wanted(f, self._types)
+        )
+
+    def ping(self, last_seq: int | None) -> bytes:
+        return encode_json({"message_type": "ping", "run_id": self._run_id, "seq_id": last_seq})
+
+
+class JsonEventEncoder:
+    """One `data:` event per JSON object a translator makes of each frame; comment keep-alives."""
+
+    def __init__(self, translate: Callable[[LoggedFrame], Iterable[Any]]) -> None:
+        self._translate = translate
+
+    def batch(self, frames: list[LoggedFrame]) -> bytes:
+        return b"".join(encode_json(obj) for f in frames for obj in self._translate(f))
+
+    def ping(self, last_seq: int | None) -> bytes:  # noqa: ARG002 - comments carry no cursor
+        return KEEPALIVE
+
+
 async def sse_body(
     batches: AsyncGenerator[list[LoggedFrame], None],
+    encoder: Encoder,
     *,
-    run_id: str,
     ping_interval_s: float | None,
-    types: Collection[str] | None,
     on_finish: Callable[[bool], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Encode each batch as one chunk, ping while idle, end with `[DONE]`.
@@ -49,13 +89,13 @@ async def sse_body(
         while True:
             pending = asyncio.ensure_future(anext(batches))
             while not (await asyncio.wait((pending,), timeout=ping_interval_s))[0]:
-                yield encode_ping(run_id, last_seq)
+                yield encoder.ping(last_seq)
             try:
                 batch = pending.result()
             except StopAsyncIteration:
                 break
             last_seq = batch[-1].seq_id
-            chunk = b"".join(encode_frame(f) for f in batch if wanted(f, types))
+            chunk = encoder.batch(batch)
             if chunk:
                 yield chunk
         completed = True

@@ -1,0 +1,310 @@
+"""`POST /v1/chat/completions`: the OpenAI Chat Completions surface over the same runs.
+
+A completion is a run: recorded, cancellable and resumable like any other (`X-Run-Id`). Its
+frames are translated into Chat Completions objects here; errors take OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sse_starlette.sse import EventSourceResponse
+
+from actors.client import follow, start_run
+from actors.frames import CONTENT_TYPES, LoggedFrame
+from actors.records import ID_MAX, Run, RunRequest
+from actors.registry import ConversationBusy
+from providers.errors import InvalidProviderOptions, UnknownProvider
+from serve_app.runs import SSE_HEADERS, runtime
+from serve_app.sse import JsonEventEncoder, sse_body
+
+router = APIRouter(prefix="/v1")
+
+# error_type → (HTTP status, OpenAI error type)
+_ERRORS: dict[str, tuple[int, str]] = {
+    "llm_rate_limit": (429, "rate_limit_error"),
+    "llm_authentication": (401, "authentication_error"),
+    "llm_bad_request": (400, "invalid_request_error"),
+    "llm_timeout": (504, "timeout"),
+    "llm_error": (502, "api_error"),
+    "stream_incomplete": (502, "api_error"),
+    "run_lost": (502, "api_error"),
+    "internal_error": (500, "server_error"),
+}
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError("only text content parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The Chat Completions body; rayruns fields arrive through the client's `extra_body`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    n: Literal[1] = 1
+    user: str | None = None
+    # rayruns
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    background: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    conversation_id: str | None = Field(default=None, max_length=ID_MAX)
+
+    def to_run_request(self) -> RunRequest:
+        common = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_completion_tokens or self.max_tokens,
+            "top_p": self.top_p,
+            "stop": self.stop,
+        }
+        options = {k: v for k, v in common.items() if v is not None} | self.provider_options
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in self.messages
+        ]
+        return RunRequest.model_validate(
+            {
+                "model": self.model,
+                "messages": messages,
+                "provider_options": options,
+                "background": self.background,
+                "metadata": self.metadata,
+                "conversation_id": self.conversation_id,
+            }
+        )
+
+
+def openai_error(
+    status: int, message: str, kind: str, code: str | None = None, **headers: str
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+class ChunkTranslator:
+    """Frames → `chat.completion.chunk` objects, in the order the wire format wants."""
+
+    def __init__(self, run: Run, include_usage: bool) -> None:
+        self._base = {
+            "id": completion_id(run.id),
+            "object": "chat.completion.chunk",
+            "created": int(run.created_at.timestamp()),
+            "model": run.model,
+        }
+        self._include_usage = include_usage
+        self._started = False
+        self._tool_calls = 0
+
+    def __call__(self, frame: LoggedFrame) -> Iterator[dict[str, Any]]:
+        kind = frame.message_type
+        if kind in ("approval_request_message", "tool_return_message"):
+            return
+        data = json.loads(frame.data)
+        if kind in CONTENT_TYPES and not self._started:
+            self._started = True
+            yield self._choice({"role": "assistant", "content": ""})
+        if kind == "assistant_message":
+            yield self._choice({"content": data["content"]})
+        elif kind == "reasoning_message":
+            yield self._choice({"reasoning_content": data["content"]})
+        elif kind == "tool_call_message":
+            call = data["tool_call"]
+            delta = {
+                "index": self._tool_calls,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": call["arguments"]},
+            }
+            self._tool_calls += 1
+            yield self._choice({"tool_calls": [delta]})
+        elif kind == "error":
+            yield {"error": {"message": data["message"], "type": data["error_type"]}}
+        elif kind == "stop_reason":
+            reason = finish_reason(data["stop_reason"], self._tool_calls > 0)
+            yield self._choice({}, reason)
+        elif kind == "usage_statistics" and self._include_usage:
+            yield {**self._base, "choices": [], "usage": usage_of(data)}
+
+    def _choice(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**self._base, "choices": [choice]}
+
+
+def completion_id(run_id: str) -> str:
+    return "chatcmpl-" + run_id.removeprefix("run-")
+
+
+def finish_reason(stop_reason: str, tool_calls: bool) -> str:
+    if tool_calls:
+        return "tool_calls"
+    return "length" if stop_reason == "max_steps" else "stop"
+
+
+def usage_of(data: dict[str, Any]) -> dict[str, int]:
+    return {k: data[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def _failure(frames: list[LoggedFrame], *, before_content: bool) -> dict[str, Any] | None:
+    """The run's error frame; with `before_content`, only if no content preceded it."""
+    for frame in frames:
+        if before_content and frame.message_type in CONTENT_TYPES:
+            return None
+        if frame.message_type == "error":
+            error: dict[str, Any] = json.loads(frame.data)
+            return error
+    return None
+
+
+def _error_answer(error: dict[str, Any], run_id: str) -> JSONResponse:
+    status, kind = _ERRORS.get(error["error_type"], (502, "api_error"))
+    return openai_error(status, error["message"], kind, error["error_type"], **{"X-Run-Id": run_id})
+
+
+async def _chain(
+    first: list[LoggedFrame], rest: AsyncGenerator[list[LoggedFrame], None]
+) -> AsyncGenerator[list[LoggedFrame], None]:
+    try:
+        if first:
+            yield first
+        async for batch in rest:
+            yield batch
+    finally:
+        await rest.aclose()
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(request: Request) -> Response:
+    rt = runtime(request)
+    try:
+        chat = ChatRequest.model_validate_json(await request.body())
+        run_request = chat.to_run_request()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return openai_error(400, problems, "invalid_request_error", "invalid_request")
+    except ValueError as exc:
+        return openai_error(400, str(exc), "invalid_request_error", "invalid_request")
+    try:
+        run, actor = await start_run(rt.registry, run_request)
+    except (UnknownProvider, InvalidProviderOptions) as exc:
+        return openai_error(400, str(exc), "invalid_request_error", "invalid_request")
+    except ConversationBusy as exc:
+        return openai_error(409, str(exc), "invalid_request_error", "conversation_busy")
+
+    frames = follow(rt.registry, run.id, 0, actor)
+
+    def on_finish(completed: bool) -> None:
+        if not completed and not chat.background:
+            rt.registry.cancel.remote(run.id)  # the client went away: a foreground run ends
+
+    # Headers wait for the first content (or the end): a run that fails before it answers
+    # with an error status, as OpenAI does.
+    seen: list[LoggedFrame] = []
+    finished = False
+    try:
+        async for batch in frames:
+            seen += batch
+            if any(f.message_type in CONTENT_TYPES for f in batch) and chat.stream:
+                break
+        else:
+            finished = True
+    except BaseException:
+        on_finish(False)
+        raise
+    failure = _failure(seen, before_content=chat.stream)
+    if failure is not None:
+        on_finish(True)
+        return _error_answer(failure, run.id)
+    headers = {"X-Run-Id": run.id}
+    if not chat.stream:
+        on_finish(finished)
+        return JSONResponse(_completion(run, seen), headers=headers)
+    include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+    body = sse_body(
+        _chain(seen, frames),
+        JsonEventEncoder(ChunkTranslator(run, include_usage)),
+        ping_interval_s=rt.settings.ping_interval_s,
+        on_finish=on_finish,
+    )
+    return EventSourceResponse(body, headers={**SSE_HEADERS, **headers}, ping=0)
+
+
+def _completion(run: Run, frames: list[LoggedFrame]) -> dict[str, Any]:
+    content: list[str] = []
+    reasoning: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    stop_reason = "end_turn"
+    usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for frame in frames:
+        data = json.loads(frame.data)
+        match frame.message_type:
+            case "assistant_message":
+                content.append(data["content"])
+            case "reasoning_message":
+                reasoning.append(data["content"])
+            case "tool_call_message":
+                call = data["tool_call"]
+                tool_calls.append(
+                    {
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["name"], "arguments": call["arguments"]},
+                    }
+                )
+            case "stop_reason":
+                stop_reason = data["stop_reason"]
+            case "usage_statistics":
+                usage = usage_of(data)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    choice = {
+        "index": 0,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": finish_reason(stop_reason, bool(tool_calls)),
+    }
+    return {
+        "id": completion_id(run.id),
+        "object": "chat.completion",
+        "created": int(run.created_at.timestamp()),
+        "model": run.model,
+        "choices": [choice],
+        "usage": usage,
+    }
