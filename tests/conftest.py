@@ -12,11 +12,14 @@ from typing import Any
 import httpx
 import pytest
 import ray
+from pydantic import SecretStr
 from ray import serve
 
 from actors.client import connect_registry
 from serve_app.app import deployment
 from serve_app.settings import Settings
+from tests.providers.support import API_KEY
+from tests.providers.wire_servers import WireServer, start_wire_server
 from tests.sse_client import Event, events_of
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -32,8 +35,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def vendor_server() -> Iterator[WireServer]:
+    """Speaks OpenAI, Anthropic and Gemini wire formats to the run actors' real SDKs."""
+    server = start_wire_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory, vendor_server: WireServer) -> Settings:
     s = Settings.from_env()
+    for vendor in ("openai", "anthropic", "google"):
+        setattr(s.providers, f"{vendor}_api_key", SecretStr(API_KEY))
+        setattr(s.providers, f"{vendor}_base_url", vendor_server.base_urls[vendor])  # type: ignore[index]
     s.actors.namespace = "rayruns-test"
     s.actors.db_path = Path(tmp_path_factory.mktemp("db")) / "runs.sqlite3"
     s.actors.cancel_grace_s = 5.0

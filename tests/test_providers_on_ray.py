@@ -1,0 +1,100 @@
+"""Real provider SDKs inside run actors, against the local wire-format server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import assert_well_formed, body, collect, frames, open_sse, wait_terminal
+from tests.providers.wire_servers import WireServer
+
+VENDORS = ["openai", "anthropic", "google"]
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_vendor_run_streams_like_the_fake(http: httpx.AsyncClient, vendor: str) -> None:
+    events = await collect(http, "POST", "/v1/runs", json=body(model=f"{vendor}/text-4"))
+    assert_well_formed(events)
+    got = frames(events)
+    text = "".join(f["content"] for f in got if f["message_type"] == "assistant_message")
+    assert text.split()  # the server's scripted words
+    assert got[-2]["stop_reason"] == "end_turn"
+    assert got[-1]["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(429, "llm_rate_limit"), (401, "llm_authentication"), (400, "llm_bad_request")],
+)
+async def test_vendor_errors_map_to_error_types(
+    http: httpx.AsyncClient, vendor: str, status: int, error_type: str
+) -> None:
+    events = await collect(http, "POST", "/v1/runs", json=body(model=f"{vendor}/error-{status}"))
+    assert_well_formed(events)
+    (error,) = [e.json for e in events if e.type == "error"]
+    assert error["error_type"] == error_type and error["detail"]["status"] == status
+    assert "SECRET" not in str(error)
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_cancel_of_a_silent_vendor_closes_the_connection(
+    http: httpx.AsyncClient, registry: Any, vendor_server: WireServer, vendor: str
+) -> None:
+    model = f"{vendor}/stall-2"
+    stream, cm = await open_sse(http, "POST", "/v1/runs", json=body(model=model))
+    try:
+        await stream.next_frame()
+        request = vendor_server.recorder.last_request(model.split("/", 1)[1])
+        cancelled = (await http.post(f"/v1/runs/{stream.run_id}/cancel")).json()
+        assert cancelled["status"] == "cancelled"
+        assert request.connection.closed.wait(1.0), "the upstream connection stayed open"
+        rest = await stream.rest()
+        assert frames(rest)[-2]["stop_reason"] == "cancelled"
+    finally:
+        await cm.__aexit__(None, None, None)
+    (ending,) = await registry.stream_endings.remote(stream.run_id)
+    assert ending["outcome"] == "cancelled" and ending["upstream_closed"]
+    assert ending["cancelled_at"] == "await"
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_cancel_mid_stream_closes_the_connection(
+    http: httpx.AsyncClient, registry: Any, vendor_server: WireServer, vendor: str
+) -> None:
+    model = f"{vendor}/slow-200-20"
+    stream, cm = await open_sse(http, "POST", "/v1/runs", json=body(model=model))
+    try:
+        await stream.next_frame()
+        request = vendor_server.recorder.last_request(model.split("/", 1)[1])
+        await http.post(f"/v1/runs/{stream.run_id}/cancel")
+        assert request.connection.closed.wait(1.0), "the upstream connection stayed open"
+        await stream.rest()
+    finally:
+        await cm.__aexit__(None, None, None)
+    run = await wait_terminal(registry, stream.run_id)
+    assert run.status == "cancelled" and 0 < run.usage.completion_tokens < 200
+
+
+async def test_a_missing_key_fails_without_the_network(
+    http: httpx.AsyncClient, settings: Any
+) -> None:
+    # The session's settings carry keys; a run actor built without one must refuse at once.
+    from actors.records import RunRequest
+    from actors.remote import new_run_actor
+    from providers.settings import ProviderSettings
+
+    bare = ProviderSettings(_env_file=None, openai_api_key=None)  # type: ignore[call-arg]
+    actor = new_run_actor("rayruns-actor-test-no-key", settings.actors, bare)
+    try:
+        request = RunRequest(model="openai/text", messages=[{"role": "user", "content": "x"}])
+        await actor.start.remote("run-no-key", request)
+        result = await actor.result.remote("run-no-key")
+        assert result.outcome.error.error_type == "llm_authentication"
+        assert "OPENAI_API_KEY" in result.outcome.error.message
+    finally:
+        import ray
+
+        ray.kill(actor)
