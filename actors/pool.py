@@ -44,7 +44,7 @@ class ActorPool:
         self._settings = settings
         self._provider_settings = provider_settings
         self._idle: list[_Idle] = []
-        self._warming = 0
+        self._warming: set[str] = set()
         self._refill_task: asyncio.Task[None] | None = None
         self._trimmer = asyncio.get_running_loop().create_task(self._trim_loop())
         self.replaced = 0
@@ -98,22 +98,25 @@ class ActorPool:
         self.refill_soon()
 
     def status(self) -> dict[str, int]:
-        return {"idle": len(self._idle), "warming": self._warming, "replaced": self.replaced}
+        return {"idle": len(self._idle), "warming": len(self._warming), "replaced": self.replaced}
 
     def idle_names(self) -> list[str]:
         return [i.actor.name for i in self._idle]
 
+    def warming_names(self) -> list[str]:
+        return sorted(self._warming)
+
     async def _refill(self) -> None:
-        while len(self._idle) + self._warming < self.size:
+        while len(self._idle) + len(self._warming) < self.size:
             actor = self.spawn()
-            self._warming += 1
+            self._warming.add(actor.name)
             try:
                 await actor.handle.ping.remote()
             except RayActorError:
                 log.warning("a new run actor died while starting")
                 continue
             finally:
-                self._warming -= 1
+                self._warming.discard(actor.name)
             self._idle.append(_Idle(time.monotonic(), actor))
 
     async def _trim_loop(self) -> None:

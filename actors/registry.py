@@ -173,9 +173,10 @@ class RunRegistry:
         }
 
     async def actor_names(self) -> dict[str, list[str]]:
-        """Which run actors exist: idle in the pool, or serving a run."""
+        """Which run actors exist: idle in the pool, starting for it, or serving a run."""
         return {
             "idle": self._pool.idle_names(),
+            "warming": self._pool.warming_names(),
             "busy": [live.actor.name for live in self._live.values()],
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -176,3 +177,20 @@ async def wait_terminal(registry: Any, run_id: str, timeout_s: float = 30) -> An
     run = await registry.wait_terminal.remote(run_id, timeout_s)
     assert run is not None and run.terminal, run
     return run
+
+
+async def settled_actor_names(registry: Any, namespace: str) -> dict[str, list[str]]:
+    """The registry's view of run actors, once every other named run actor has exited.
+
+    Ray ends actors asynchronously (a trimmed spare, a killed one): nothing to await but its
+    name's disappearance, so this polls with a deadline.
+    """
+    for _ in range(200):
+        names: dict[str, list[str]] = await registry.actor_names.remote()
+        known = set(names["idle"]) | set(names["warming"]) | set(names["busy"])
+        if run_actor_names(namespace) <= known:
+            return names
+        await asyncio.sleep(0.05)
+    raise AssertionError(
+        f"run actors the registry does not know: {run_actor_names(namespace) - known}"
+    )

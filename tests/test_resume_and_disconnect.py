@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -112,3 +113,30 @@ async def test_a_reader_leaving_a_joined_stream_does_not_cancel(
         assert frames(rest)[-2]["stop_reason"] == "end_turn"
     finally:
         await owner_cm.__aexit__(None, None, None)
+
+
+async def test_resume_from_every_cursor_during_the_run(
+    http: httpx.AsyncClient, registry: Any
+) -> None:
+    request = body(WORDS, background=True, provider_options={"delay_s": 0.1})
+    owner, cm = await open_sse(http, "POST", "/v1/runs", json=request)
+    try:
+        for _ in range(4):
+            await owner.next_frame()
+        cursors = range(5)
+        joined = await asyncio.gather(
+            *(
+                collect(
+                    http, "GET", f"/v1/runs/{owner.run_id}/stream", params={"starting_after": c}
+                )
+                for c in cursors
+            )
+        )
+        await owner.rest()
+    finally:
+        await cm.__aexit__(None, None, None)
+    logged = frames(owner.seen)
+    assert (await wait_terminal(registry, owner.run_id)).status == "completed"
+    for cursor, events in zip(cursors, joined, strict=True):
+        assert_well_formed(events)
+        assert frames(events) == logged[cursor:], cursor

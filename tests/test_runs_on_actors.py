@@ -11,7 +11,7 @@ import ray
 from actors.client import follow, start_run
 from actors.frames import LoggedFrame
 from actors.records import Outcome, RunRequest, Usage
-from tests.conftest import run_actor_names, wait_terminal
+from tests.conftest import settled_actor_names, wait_terminal
 
 
 def request(text: str = "alpha beta gamma", **options: Any) -> RunRequest:
@@ -181,15 +181,8 @@ async def test_no_run_actor_outlives_its_run(registry: Any, settings: Any) -> No
     for run, actor in runs:
         await read_all(registry, run.id, actor)
         await wait_terminal(registry, run.id)
-    names = await registry.actor_names.remote()
+    names = await settled_actor_names(registry, settings.actors.namespace)
     assert names["busy"] == []
-    # What exists is the warm pool and nothing else (actor exit is asynchronous in Ray).
-    for _ in range(200):
-        if run_actor_names(settings.actors.namespace) == set(names["idle"]):
-            break
-        await asyncio.sleep(0.05)
-        names = await registry.actor_names.remote()
-    assert run_actor_names(settings.actors.namespace) == set(names["idle"])
     for name in names["idle"]:  # idle actors were reset: they hold no run
         idle = ray.get_actor(name, namespace=settings.actors.namespace)
         assert await idle.current_run.remote() is None
@@ -258,3 +251,24 @@ async def test_provider_failures(registry: Any, knobs: dict[str, Any], error_typ
     assert record.error.error_type == error_type
     assert kinds(frames)[-3:] == ["error", "stop_reason", "usage_statistics"]
     assert kinds(frames).count("assistant_message") == knobs.get("fail_after", 0)
+
+
+async def test_a_registry_restart_mid_run_reattaches(registry: Any) -> None:
+    run, actor = await start_run(registry, request(hang_after=1))
+    reader = follow(registry, run.id, 0, actor)
+    first = await anext(reader)
+    incarnation = (await registry.stats.remote())["incarnation"]
+    ray.kill(registry, no_restart=False)
+    for _ in range(600):
+        try:
+            if (await registry.stats.remote())["incarnation"] != incarnation:
+                break
+        except ray.exceptions.RayActorError:
+            pass
+        await asyncio.sleep(0.05)  # a restart has no event to wait on from outside
+    assert (await registry.get.remote(run.id)).status == "running"
+    cancelled = await registry.cancel.remote(run.id)
+    assert cancelled.status == "cancelled"
+    rest = [f async for batch in reader for f in batch]
+    assert [f.seq_id for f in first + rest] == list(range(1, len(first + rest) + 1))
+    assert stop_reason_of(rest) == "cancelled"
