@@ -1,4 +1,7 @@
-"""`rayruns serve`: start (or join) Ray, run the Serve app, stop both cleanly on Ctrl-C."""
+"""`rayruns serve`: start (or join) Ray, run the Serve app, stop both cleanly on Ctrl-C.
+
+`rayruns batch`: run a JSONL file of requests (serve_app/batch_cli.py).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from ray import serve
 
 from actors.client import connect_registry
 from serve_app.app import deployment
+from serve_app.batch_cli import add_batch_parser, batch_command
 from serve_app.settings import Settings
 
 log = logging.getLogger("rayruns")
@@ -21,7 +25,12 @@ log = logging.getLogger("rayruns")
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     settings.serve.host = args.host or settings.serve.host
     settings.serve.port = args.port or settings.serve.port
-    ray.init(address=args.address, namespace=settings.actors.namespace, include_dashboard=False)
+    # "local" forces a fresh local Ray instead of joining whatever this machine runs.
+    ray.init(
+        address=args.address or "local",
+        namespace=settings.actors.namespace,
+        include_dashboard=False,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -50,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument(
         "--address", default=None, help="join this Ray cluster (default: start a local Ray)"
     )
+    add_batch_parser(sub)
     return parser
 
 
@@ -59,4 +69,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     if args.command == "serve":
         return serve_command(args, settings)
+    if args.command == "batch":
+        return batch_command(args, settings)
     raise AssertionError(args.command)

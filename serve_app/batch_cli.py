@@ -1,0 +1,202 @@
+"""`rayruns batch IN.jsonl -o OUT.jsonl`: run a file of requests, append each result as it ends.
+
+Input: one JSON object per line, the body of `POST /v1/runs` plus an optional `id` (a string or
+an integer; default: the 1-based line number). Blank lines are skipped. Duplicate ids are a
+usage error, found before anything runs. A line that is not JSON, not an object, not a valid
+request, or that names an unknown provider or bad `provider_options`, is reported on stderr with
+its line number and recorded as a failed result (`invalid_request`); the batch goes on.
+
+Output: one JSON line per run, in the order the runs end: id, status, stop_reason, text, usage,
+error ({error_type, message} or null), run_id, ttft_ms, duration_ms. Each line is written whole
+and flushed as its run ends.
+
+Resume: on start, a partial last line (left by a crash) is cut off. Input ids whose record is
+`completed` or `failed` are skipped; any other record of an input id (`cancelled`, by Ctrl-C or
+by a cancel from elsewhere) is removed and the id runs again, so OUT ends with one record per
+id. To retry failures, delete their lines from OUT. Records of ids not in the input stay.
+
+Ctrl-C: nothing new starts; every run in flight is cancelled through the registry, awaited, and
+recorded as `cancelled`; exit 130. A second Ctrl-C, or the actors' cancel grace passing, stops
+the waiting.
+
+Exit codes: 0 when every input id ends with a `completed` record (kept ones included); 1 when any
+failed or was cancelled, or Ray failed; 2 for usage errors; 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from actors.runs import Runs
+from serve_app.batch_files import BatchFileError, ResultLog, read_items, scan_ids
+from serve_app.batch_progress import Display, Tally, make_display
+from serve_app.batch_runner import BatchRunner
+from serve_app.settings import Settings
+
+# Past the registry's own cancel grace (after which it kills a run's actor), stop waiting.
+GRACE_MARGIN_S = 5.0
+
+
+@dataclass
+class Outcome:
+    interrupted: bool = False
+    error: Exception | None = None
+
+
+def add_batch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="run a JSONL file of run requests, results to a JSONL file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, metavar="IN.jsonl", help="one run request per line")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.jsonl")
+    p.add_argument("--concurrency", type=_positive_int, default=16, help="runs at once (16)")
+    p.add_argument(
+        "--address", default=None, help="join this Ray cluster (default: start a local Ray)"
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (10)",
+    )
+
+
+def batch_command(args: argparse.Namespace, settings: Settings) -> int:
+    started = time.monotonic()
+    try:
+        return _batch(args, settings, started)
+    except KeyboardInterrupt:  # before or after the runs: nothing is in flight
+        _say("batch: interrupted")
+        return 130
+
+
+def _batch(args: argparse.Namespace, settings: Settings, started: float) -> int:
+    try:
+        input_ids, out = _open_files(args.input, args.output)
+    except (BatchFileError, OSError) as exc:
+        _say(f"rayruns batch: error: {exc}")
+        return 2
+    kept = {key: status for key, status in out.done.items() if key in input_ids}
+    tally = Tally(total=len(input_ids) - len(kept))
+    display = make_display(tally, args.progress_interval)
+    if out.dropped_tail:
+        display.note(f"batch: cut a partial last line off {out.path}")
+    outcome = Outcome()
+    try:
+        if tally.total:
+            outcome = _connect_and_run(args, settings, display, out, set(kept))
+    finally:
+        out.close()
+    _say(_summary(tally, kept, time.monotonic() - started, outcome))
+    if outcome.interrupted:
+        return 130
+    if outcome.error is not None:
+        _say(f"rayruns batch: error: {type(outcome.error).__name__}: {outcome.error}")
+        return 1
+    all_completed = tally.completed == tally.total and set(kept.values()) <= {"completed"}
+    return 0 if all_completed else 1
+
+
+def _open_files(input: Path, output: Path) -> tuple[set[str], ResultLog]:
+    if not input.is_file():
+        raise BatchFileError(f"no input file {input}")
+    if output.exists() and output.resolve() == input.resolve():
+        raise BatchFileError("the output file is the input file")
+    input_ids = scan_ids(input)
+    return input_ids, ResultLog.open(output, input_ids)
+
+
+def _connect_and_run(
+    args: argparse.Namespace, settings: Settings, display: Display, out: ResultLog, skip: set[str]
+) -> Outcome:
+    try:
+        # "local": without --address, a fresh local Ray, never one this machine happens to run.
+        runs = Runs.connect(args.address or "local", settings.actors, settings.providers)
+        grace_s = settings.actors.cancel_grace_s + GRACE_MARGIN_S
+        return asyncio.run(_run(runs, args, display, out, skip, grace_s))
+    finally:
+        ray.shutdown()
+
+
+async def _run(
+    runs: Runs,
+    args: argparse.Namespace,
+    display: Display,
+    out: ResultLog,
+    skip: set[str],
+    grace_s: float,
+) -> Outcome:
+    runner = BatchRunner(runs, out, display, args.concurrency)
+    outcome = Outcome()
+    force = asyncio.Event()
+
+    def interrupt() -> None:
+        if runner.stopping.is_set():
+            force.set()
+            return
+        outcome.interrupted = True
+        runner.stopping.set()
+        display.note(
+            f"batch: interrupted; cancelling {runner.tally.running} runs in flight "
+            "(Ctrl-C again to stop waiting)"
+        )
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        async with display.shown():
+            with contextlib.closing(read_items(args.input, skip)) as items:
+                await runner.run(items, force, grace_s)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    outcome.error = runner.error
+    return outcome
+
+
+def _summary(tally: Tally, kept: dict[str, str], wall_s: float, outcome: Outcome) -> str:
+    lines = [
+        f"batch: {tally.finished} runs: {tally.completed} completed, {tally.failed} failed, "
+        f"{tally.cancelled} cancelled; {tally.rate():.1f} runs/s; wall time {wall_s:.1f} s"
+    ]
+    if kept:
+        failed = sum(status == "failed" for status in kept.values())
+        lines.append(
+            f"batch: skipped {len(kept)} ids already in the output "
+            f"({len(kept) - failed} completed, {failed} failed)"
+        )
+    left = tally.total - tally.finished
+    if left and (outcome.interrupted or outcome.error is not None):
+        lines.append(f"batch: {left} runs not done; run the same command again to resume")
+    return "\n".join(lines)
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value

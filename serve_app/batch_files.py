@@ -1,0 +1,186 @@
+"""The two files of `rayruns batch`: requests read as a stream, results appended line by line.
+
+An id is compared as its JSON text, so that `3` and `"3"` stay two ids, as they do in the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydantic import ValidationError
+
+from actors.records import RunRequest
+from actors.runs import RunResult
+from providers.catalog import parse_options, split_model
+from providers.errors import InvalidProviderOptions, UnknownProvider
+
+RunId = str | int
+
+# Records with these statuses are kept on a resume; any other record of an input id is re-run.
+DONE = frozenset({"completed", "failed"})
+
+
+class BatchFileError(Exception):
+    """An input or output file that the batch cannot use at all (a usage error)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input line: a valid request, or (request None) the problem that makes it invalid."""
+
+    line: int
+    id: RunId
+    request: RunRequest | None
+    problem: str = ""
+
+
+def id_key(id: RunId) -> str:
+    return json.dumps(id)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines with their 1-based numbers, read one at a time."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield number, raw
+
+
+def _split(number: int, raw: bytes) -> tuple[RunId, dict[str, Any] | None, str]:
+    """The line's id and the rest of its object, or its id and what is wrong with it."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        return number, None, f"not JSON: {exc}"
+    if not isinstance(data, dict):
+        return number, None, f"not a JSON object but {type(data).__name__}"
+    id = data.pop("id", number)
+    if isinstance(id, bool) or not isinstance(id, str | int):
+        return number, None, "id must be a string or an integer"
+    return id, data, ""
+
+
+def _validate(body: dict[str, Any]) -> RunRequest:
+    """Everything that can be checked before a run starts, so a bad line never takes a slot."""
+    request = RunRequest.model_validate(body)
+    provider, _ = split_model(request.model)
+    parse_options(provider, request.provider_options)
+    return request
+
+
+def describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+    return str(exc)
+
+
+def scan_ids(path: Path) -> set[str]:
+    """Every input id (as `id_key`); raises BatchFileError listing duplicates."""
+    first: dict[str, int] = {}
+    duplicates: list[str] = []
+    for number, raw in _lines(path):
+        id, _, _ = _split(number, raw)
+        key = id_key(id)
+        if key in first:
+            duplicates.append(f"id {key} on line {number} (first on line {first[key]})")
+        else:
+            first[key] = number
+    if duplicates:
+        shown = "; ".join(duplicates[:10])
+        more = f"; and {len(duplicates) - 10} more" if len(duplicates) > 10 else ""
+        raise BatchFileError(f"{path}: duplicate ids: {shown}{more}")
+    return set(first)
+
+
+def read_items(path: Path, skip: set[str]) -> Generator[Item, None, None]:
+    """The input's items in order, except those whose id is in `skip`."""
+    for number, raw in _lines(path):
+        id, body, problem = _split(number, raw)
+        if id_key(id) in skip:
+            continue
+        if body is None:
+            yield Item(number, id, None, problem)
+            continue
+        try:
+            request = _validate(body)
+        except (ValidationError, UnknownProvider, InvalidProviderOptions) as exc:
+            yield Item(number, id, None, describe(exc))
+        else:
+            yield Item(number, id, request)
+
+
+class ResultLog:
+    """OUT: one JSON line per ended run, each written whole and flushed as the run ends."""
+
+    def __init__(self, path: Path, done: dict[str, str], dropped_tail: bool) -> None:
+        self.path = path
+        self.done = done  # id key -> status, of the records kept from an earlier invocation
+        self.dropped_tail = dropped_tail
+        self._file: BinaryIO = path.open("ab")
+
+    @classmethod
+    def open(cls, path: Path, input_ids: set[str]) -> ResultLog:
+        """Repair OUT (a partial last line is cut off) and drop the records of input ids that
+        will run again; raises BatchFileError if OUT is not a results file."""
+        if not path.parent.is_dir():
+            raise BatchFileError(f"{path.parent} is not a directory")
+        path.touch()
+        done: dict[str, str] = {}
+        rerun = 0
+        whole = 0  # bytes up to the end of the last complete line
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.endswith(b"\n"):
+                    break
+                whole += len(raw)
+                if not raw.strip():
+                    continue
+                key, status = _record_key(path, number, raw)
+                if status in DONE:
+                    done[key] = status
+                elif key in input_ids:
+                    rerun += 1
+        dropped_tail = whole < path.stat().st_size
+        if dropped_tail:
+            os.truncate(path, whole)
+        if rerun:
+            _drop_records(path, input_ids)
+        return cls(path, done, dropped_tail)
+
+    def write(self, result: RunResult) -> None:
+        line = result.model_dump_json(exclude={"error": {"detail"}}) + "\n"
+        self._file.write(line.encode())
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _record_key(path: Path, number: int, raw: bytes) -> tuple[str, str]:
+    try:
+        record = json.loads(raw)
+        return id_key(record["id"]), str(record["status"])
+    except (ValueError, TypeError, KeyError):
+        raise BatchFileError(f"{path} line {number} is not a result record") from None
+
+
+def _drop_records(path: Path, input_ids: set[str]) -> None:
+    """Rewrite OUT without the unfinished records of ids about to run again; atomic."""
+    tmp = path.with_name(path.name + ".tmp")
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        for number, raw in enumerate(src, start=1):
+            if raw.strip():
+                key, status = _record_key(path, number, raw)
+                if status not in DONE and key in input_ids:
+                    continue
+            dst.write(raw)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)
