@@ -26,7 +26,9 @@ from tests.providers.wire_servers import start_wire_server
 KEY = "sk-memory-probe"
 
 
-async def idle_uss_mb(model: str | None, providers: ProviderSettings, actors: ActorSettings) -> float:
+async def idle_uss_mb(
+    model: str | None, providers: ProviderSettings, actors: ActorSettings
+) -> float:
     name = f"rayruns-actor-memory-{(model or 'bare').replace('/', '-')}"
     actor = new_run_actor(name, actors, providers)
     try:
