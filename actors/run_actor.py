@@ -20,7 +20,7 @@ from actors.frame_builder import FrameBuilder
 from actors.frame_log import FrameLog
 from actors.frames import LoggedFrame, StopReason
 from actors.records import Outcome, RunError, RunRequest, Usage, terminal_frames
-from providers.base import ProviderCall, RunCancelled
+from providers.base import Provider, ProviderCall, RunCancelled
 from providers.catalog import make_provider, parse_options, split_model
 from providers.errors import ProviderError
 from providers.settings import ProviderSettings
@@ -47,6 +47,8 @@ class RunActor:
     def __init__(self, provider_settings: ProviderSettings) -> None:
         self._settings = provider_settings
         self._cancelled_ids: set[str] = set()
+        # Providers hold SDK clients and their connection pools, no run state: kept across runs.
+        self._providers: dict[str, Provider] = {}
         self._clear()
 
     def _clear(self) -> None:
@@ -151,7 +153,9 @@ class RunActor:
         if self._cancel.is_set():
             raise RunCancelled
         provider_name, model_name = split_model(request.model)
-        provider = make_provider(provider_name, self._settings)
+        provider = self._providers.get(provider_name)
+        if provider is None:
+            provider = self._providers[provider_name] = make_provider(provider_name, self._settings)
         call = ProviderCall(
             run_id=run_id,
             model=model_name,

@@ -157,3 +157,6 @@ class Provider(ABC):
     @abstractmethod
     def stream(self, call: ProviderCall) -> AsyncGenerator[ProviderEvent, None]:
         """Open the vendor stream for `call` and yield its events; close it in `finally`."""
+
+    async def aclose(self) -> None:  # noqa: B027 - a default for providers that keep nothing
+        """Release what the provider keeps between calls (an SDK client and its connections)."""
