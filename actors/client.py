@@ -53,18 +53,27 @@ async def follow(
     terminal frames of the run's recorded outcome (numbered on from the last frame it saw).
     """
     if actor is not None:
-        gen = actor.subscribe.remote(run_id, after_seq)
+        # Long-poll `read` rather than the `subscribe` stream: each read returns everything
+        # logged since the last one, so a reader that falls behind (a busy ingress) gets bigger
+        # batches instead of an ever longer queue of one-frame objects (bench/README.md).
+        pending = None
         try:
-            async for ref in gen:
-                batch: list[LoggedFrame] = await ref
-                after_seq = batch[-1].seq_id
-                yield batch
-            return
+            while True:
+                pending = actor.read.remote(run_id, after_seq)
+                batch: list[LoggedFrame]
+                batch, closed = await pending
+                pending = None
+                if batch:
+                    after_seq = batch[-1].seq_id
+                    yield batch
+                if closed:
+                    return
         except (RayActorError, NotThisRun) as exc:
             # The actor finished and was retired, or died: the registry has the rest.
             log.debug("run %s: actor gone while reading (%s)", run_id, type(exc).__name__)
         finally:
-            ray.cancel(gen)
+            if pending is not None:  # the reader went away mid-read: stop waiting in the actor
+                ray.cancel(pending)
     rest = await _recorded_rest(registry, run_id, after_seq)
     if rest:
         yield rest

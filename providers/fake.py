@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
@@ -59,6 +60,9 @@ class FakeOptions(CommonOptions):
     fail_after: int = Field(default=0, ge=0)
     hang_after: int | None = Field(default=None, ge=0)
     tool_call: FakeToolCall | None = None
+    # Benchmarks: each text chunk becomes `time.time()` when it is produced ("<seconds> "),
+    # so a client can measure how long the frame took to reach it.
+    stamp: bool = False
 
 
 def split_chunks(text: str, chunk: Literal["word", "char"]) -> list[str]:
@@ -103,6 +107,8 @@ class FakeProvider(Provider):
                         await asyncio.sleep(opts.delay_s)
                     sent += 1
                     call.usage.completion_tokens = sent
+                    if opts.stamp and isinstance(piece, TextDelta):
+                        piece = TextDelta(text=f"{time.time():.6f} ")
                     yield piece
                 if opts.fail is not None:
                     raise _failure(opts.fail, sent)

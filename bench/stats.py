@@ -1,0 +1,33 @@
+"""Percentiles and summaries (nearest-rank; no numpy needed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The nearest-rank `q`-th percentile (0 < q ≤ 100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _round(value: float | None) -> float | None:
+    if value is None or math.isinf(value):
+        return value
+    return round(value, 2)
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50": _round(percentile(values, 50)),
+        "p90": _round(percentile(values, 90)),
+        "p99": _round(percentile(values, 99)),
+        "max": _round(max(values)) if values else None,
+        "mean": _round(sum(values) / len(values)) if values else None,
+    }
