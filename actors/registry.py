@@ -93,7 +93,7 @@ class RunRegistry:
         self._store.insert(run, live.actor.name)
         if conversation is not None:
             self._conversations[conversation] = run.id
-        # Started before returning, so that a reader's subscribe never overtakes `start`.
+        # Started before returning, so that a reader's first read never overtakes `start`.
         try:
             await live.handle.start.remote(run.id, request)
         except RayActorError:  # a pooled actor that died while idle: a new one takes over
