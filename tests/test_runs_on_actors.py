@@ -33,6 +33,20 @@ def stop_reason_of(frames: list[LoggedFrame]) -> str:
     return str(stop["stop_reason"])
 
 
+async def restart(registry: Any) -> None:
+    """Kill the registry and wait until Ray has restarted it (its constructor reloads SQLite)."""
+    first = (await registry.stats.remote())["incarnation"]
+    ray.kill(registry, no_restart=False)
+    for _ in range(600):
+        try:
+            if (await registry.stats.remote())["incarnation"] != first:
+                return
+        except ray.exceptions.RayActorError:
+            pass
+        await asyncio.sleep(0.05)  # a restart has no event to wait on from outside
+    raise AssertionError("the registry was not restarted")
+
+
 async def endings(registry: Any, run_id: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = await registry.stream_endings.remote(run_id)
     return found
@@ -160,17 +174,7 @@ async def test_records_survive_a_registry_restart(registry: Any) -> None:
     run, actor = await start_run(registry, request())
     await read_all(registry, run.id, actor)
     done = await wait_terminal(registry, run.id)
-    first = (await registry.stats.remote())["incarnation"]
-    ray.kill(registry, no_restart=False)  # Ray restarts it; its constructor reloads SQLite
-    for _ in range(600):
-        try:
-            if (await registry.stats.remote())["incarnation"] != first:
-                break
-        except ray.exceptions.RayActorError:
-            pass
-        await asyncio.sleep(0.05)  # a restart has no event to wait on from outside
-    else:
-        raise AssertionError("the registry was not restarted")
+    await restart(registry)
     assert (await registry.get.remote(run.id)) == done
     frames = await read_all(registry, run.id, None)
     assert kinds(frames)[-2:] == ["stop_reason", "usage_statistics"]
@@ -257,15 +261,7 @@ async def test_a_registry_restart_mid_run_reattaches(registry: Any) -> None:
     run, actor = await start_run(registry, request(hang_after=1))
     reader = follow(registry, run.id, 0, actor)
     first = await anext(reader)
-    incarnation = (await registry.stats.remote())["incarnation"]
-    ray.kill(registry, no_restart=False)
-    for _ in range(600):
-        try:
-            if (await registry.stats.remote())["incarnation"] != incarnation:
-                break
-        except ray.exceptions.RayActorError:
-            pass
-        await asyncio.sleep(0.05)  # a restart has no event to wait on from outside
+    await restart(registry)
     assert (await registry.get.remote(run.id)).status == "running"
     cancelled = await registry.cancel.remote(run.id)
     assert cancelled.status == "cancelled"
