@@ -13,15 +13,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sse_starlette.sse import EventSourceResponse
 
 from actors.client import follow, start_run
 from actors.frames import CONTENT_TYPES, LoggedFrame
 from actors.records import ID_MAX, Run, RunRequest
 from actors.registry import ConversationBusy
 from providers.errors import InvalidProviderOptions, UnknownProvider
-from serve_app.runs import SSE_HEADERS, runtime
-from serve_app.sse import JsonEventEncoder, sse_body
+from serve_app.runs import runtime
+from serve_app.sse import ClosingEventSourceResponse, JsonEventEncoder, sse_body
 
 router = APIRouter(prefix="/v1")
 
@@ -260,7 +259,7 @@ async def chat_completions(request: Request) -> Response:
         ping_interval_s=rt.settings.ping_interval_s,
         on_finish=on_finish,
     )
-    return EventSourceResponse(body, headers={**SSE_HEADERS, **headers}, ping=0)
+    return ClosingEventSourceResponse(body, headers)
 
 
 def _completion(run: Run, frames: list[LoggedFrame]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from sse_starlette.sse import EventSourceResponse
 
 from actors.client import find_run, follow, start_run
 from actors.frames import CONTENT_TYPES, LoggedFrame
@@ -17,11 +16,9 @@ from actors.remote import ActorHandle
 from providers.catalog import split_model
 from serve_app.errors import ApiError
 from serve_app.settings import ServeSettings
-from serve_app.sse import FrameEncoder, sse_body, wanted
+from serve_app.sse import ClosingEventSourceResponse, FrameEncoder, sse_body, wanted
 
 router = APIRouter(prefix="/v1")
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class Runtime:
@@ -140,14 +137,14 @@ def _sse(
     types: list[str] | None,
     headers: dict[str, str],
     on_finish: Callable[[bool], None] | None,
-) -> EventSourceResponse:
+) -> ClosingEventSourceResponse:
     body = sse_body(
         frames,
         FrameEncoder(run_id, types),
         ping_interval_s=rt.settings.ping_interval_s if include_pings else None,
         on_finish=on_finish,
     )
-    return EventSourceResponse(body, headers={**SSE_HEADERS, **headers}, ping=0)
+    return ClosingEventSourceResponse(body, headers)
 
 
 async def _collected(

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable
 from typing import Any, Protocol
 
 from sse_starlette.event import ServerSentEvent
+from sse_starlette.sse import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from actors.frames import CONTENT_TYPES, LoggedFrame
 
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = ServerSentEvent(data="[DONE]").encode()
 KEEPALIVE = ServerSentEvent(comment="keep-alive").encode()
 
@@ -76,7 +79,7 @@ async def sse_body(
     *,
     ping_interval_s: float | None,
     on_finish: Callable[[bool], None] | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Encode each batch as one chunk, ping while idle, end with `[DONE]`.
 
     `on_finish(completed)` runs however the body ends: `completed` is False when the client
@@ -109,3 +112,22 @@ async def sse_body(
             await asyncio.wait((pending,))
         with contextlib.suppress(Exception):
             await batches.aclose()
+
+
+class ClosingEventSourceResponse(EventSourceResponse):
+    """Closes its body however the response ends.
+
+    A client that goes away while the body is parked at a `yield` (the send failed) would
+    otherwise leave the generator to the garbage collector, and its cleanup (cancelling a
+    foreground run) to chance.
+    """
+
+    def __init__(self, body: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(body, headers={**SSE_HEADERS, **headers}, ping=0)
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._body.aclose()
