@@ -81,7 +81,7 @@ async def test_a_foreground_run_whose_client_leaves_is_cancelled(
     stream, cm = await open_sse(http, "POST", "/v1/runs", json=request)
     await stream.next_frame()
     await cm.__aexit__(None, None, None)
-    run = await wait_terminal(registry, stream.run_id, timeout_s=5)
+    run = await wait_terminal(registry, stream.run_id, timeout_s=30)
     assert run.status == "cancelled" and run.stop_reason == "cancelled"
     replay = frames(await collect(http, "GET", f"/v1/runs/{stream.run_id}/stream"))
     assert replay[-2]["stop_reason"] == "cancelled"
