@@ -43,29 +43,26 @@ class FrameBuilder:
         elif isinstance(event, ToolCall):
             self.end_message()
             self.tool_calls.append(event)
-            seq = self._log.next_seq
-            frame = ToolCallMessage(
-                run_id=self._run_id,
-                seq_id=seq,
-                id=new_message_id(),
-                step=self._step,
-                tool_call=ToolCallBody(id=event.id, name=event.name, arguments=event.arguments),
-            )
-            self._log.append(frame.message_type, frame.model_dump_json())
+            self._log_tool_frame(ToolCallMessage, event)
         else:
             assert_never(event)
 
     def request_approvals(self) -> None:
         """Tool calls this runtime does not execute go back to the client for a decision."""
         for call in self.tool_calls:
-            frame = ApprovalRequestMessage(
-                run_id=self._run_id,
-                seq_id=self._log.next_seq,
-                id=new_message_id(),
-                step=self._step,
-                tool_call=ToolCallBody(id=call.id, name=call.name, arguments=call.arguments),
-            )
-            self._log.append(frame.message_type, frame.model_dump_json())
+            self._log_tool_frame(ApprovalRequestMessage, call)
+
+    def _log_tool_frame(
+        self, cls: type[ToolCallMessage | ApprovalRequestMessage], call: ToolCall
+    ) -> None:
+        frame = cls(
+            run_id=self._run_id,
+            seq_id=self._log.next_seq,
+            id=new_message_id(),
+            step=self._step,
+            tool_call=ToolCallBody(id=call.id, name=call.name, arguments=call.arguments),
+        )
+        self._log.append(frame.message_type, frame.model_dump_json())
 
     def end_message(self) -> None:
         """Close the message being streamed; without `stream_tokens`, log it whole now."""
@@ -86,22 +83,12 @@ class FrameBuilder:
             self._pending.append(event.text)
 
     def _emit(self, kind: str, content: str) -> None:
-        seq = self._log.next_seq
-        frame: AssistantMessage | ReasoningMessage
-        if kind == "text":
-            frame = AssistantMessage(
-                run_id=self._run_id,
-                seq_id=seq,
-                id=self._message_id,
-                step=self._step,
-                content=content,
-            )
-        else:
-            frame = ReasoningMessage(
-                run_id=self._run_id,
-                seq_id=seq,
-                id=self._message_id,
-                step=self._step,
-                content=content,
-            )
+        cls = AssistantMessage if kind == "text" else ReasoningMessage
+        frame = cls(
+            run_id=self._run_id,
+            seq_id=self._log.next_seq,
+            id=self._message_id,
+            step=self._step,
+            content=content,
+        )
         self._log.append(frame.message_type, frame.model_dump_json())

@@ -141,12 +141,7 @@ class ChunkTranslator:
             yield self._choice({"reasoning_content": data["content"]})
         elif kind == "tool_call_message":
             call = data["tool_call"]
-            delta = {
-                "index": self._tool_calls,
-                "id": call["id"],
-                "type": "function",
-                "function": {"name": call["name"], "arguments": call["arguments"]},
-            }
+            delta = {"index": self._tool_calls, **openai_tool_call(call)}
             self._tool_calls += 1
             yield self._choice({"tool_calls": [delta]})
         elif kind == "error":
@@ -160,6 +155,15 @@ class ChunkTranslator:
     def _choice(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {**self._base, "choices": [choice]}
+
+
+def openai_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """Our `tool_call` body in Chat Completions' shape."""
+    return {
+        "id": call["id"],
+        "type": "function",
+        "function": {"name": call["name"], "arguments": call["arguments"]},
+    }
 
 
 def completion_id(run_id: str) -> str:
@@ -277,13 +281,7 @@ def _completion(run: Run, frames: list[LoggedFrame]) -> dict[str, Any]:
                 reasoning.append(data["content"])
             case "tool_call_message":
                 call = data["tool_call"]
-                tool_calls.append(
-                    {
-                        "id": call["id"],
-                        "type": "function",
-                        "function": {"name": call["name"], "arguments": call["arguments"]},
-                    }
-                )
+                tool_calls.append(openai_tool_call(call))
             case "stop_reason":
                 stop_reason = data["stop_reason"]
             case "usage_statistics":
