@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import TypeVar
 
-from providers.base import RunCancelled
+from rayruns.providers.base import RunCancelled
 
 __all__ = ["RunCancelled", "drive"]
 

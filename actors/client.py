@@ -9,13 +9,13 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from actors.frames import LoggedFrame
-from actors.records import Run, RunRequest, terminal_frames
-from actors.registry import RunRegistry
-from actors.remote import ActorHandle
-from actors.run_actor import NotThisRun
-from actors.settings import ActorSettings
-from providers.settings import ProviderSettings
+from rayruns.actors.frames import LoggedFrame
+from rayruns.actors.records import Run, RunRequest, terminal_frames
+from rayruns.actors.registry import RunRegistry
+from rayruns.actors.remote import ActorHandle
+from rayruns.actors.run_actor import NotThisRun
+from rayruns.actors.settings import ActorSettings
+from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import assert_never
 
-from actors.frame_log import FrameLog
-from actors.frames import (
+from rayruns.actors.frame_log import FrameLog
+from rayruns.actors.frames import (
     ApprovalRequestMessage,
     AssistantMessage,
     ReasoningMessage,
     ToolCallBody,
     ToolCallMessage,
 )
-from providers.base import ProviderEvent, ReasoningDelta, TextDelta, ToolCall
+from rayruns.providers.base import ProviderEvent, ReasoningDelta, TextDelta, ToolCall
 
 
 def new_message_id() -> str:

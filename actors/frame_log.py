@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from actors.frames import LoggedFrame
+from rayruns.actors.frames import LoggedFrame
 
 
 class FrameLog:

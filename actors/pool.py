@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import RayActorError
 
-from actors.remote import ActorHandle, new_run_actor
-from actors.settings import ActorSettings
-from providers.settings import ProviderSettings
+from rayruns.actors.remote import ActorHandle, new_run_actor
+from rayruns.actors.settings import ActorSettings
+from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 

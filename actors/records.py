@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from actors.frames import (
+from rayruns.actors.frames import (
     CONTENT_TYPES,
     ErrorFrame,
     LoggedFrame,
@@ -15,8 +15,8 @@ from actors.frames import (
     StopReasonFrame,
     UsageFrame,
 )
-from providers.base import Message
-from providers.errors import ErrorType
+from rayruns.providers.base import Message
+from rayruns.providers.errors import ErrorType
 
 RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})

@@ -18,14 +18,14 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from actors.frames import LoggedFrame
-from actors.pool import ActorPool, RunActorRef
-from actors.records import Outcome, Run, RunError, RunRequest, RunStatus, Usage, utcnow
-from actors.remote import ActorHandle
-from actors.settings import ActorSettings
-from actors.store import RunStore
-from providers.catalog import parse_options, split_model
-from providers.settings import ProviderSettings
+from rayruns.actors.frames import LoggedFrame
+from rayruns.actors.pool import ActorPool, RunActorRef
+from rayruns.actors.records import Outcome, Run, RunError, RunRequest, RunStatus, Usage, utcnow
+from rayruns.actors.remote import ActorHandle
+from rayruns.actors.settings import ActorSettings
+from rayruns.actors.store import RunStore
+from rayruns.providers.catalog import parse_options, split_model
+from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 

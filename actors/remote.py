@@ -6,9 +6,9 @@ from typing import Any
 
 import ray
 
-from actors.run_actor import RunActor
-from actors.settings import ActorSettings
-from providers.settings import ProviderSettings
+from rayruns.actors.run_actor import RunActor
+from rayruns.actors.settings import ActorSettings
+from rayruns.providers.settings import ProviderSettings
 
 ActorHandle = Any  # ray.actor.ActorHandle: untyped in Ray
 

@@ -15,15 +15,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from actors.cancellation import drive
-from actors.frame_builder import FrameBuilder
-from actors.frame_log import FrameLog
-from actors.frames import LoggedFrame, StopReason
-from actors.records import Outcome, RunError, RunRequest, Usage, terminal_frames
-from providers.base import Provider, ProviderCall, RunCancelled
-from providers.catalog import make_provider, parse_options, split_model
-from providers.errors import ProviderError
-from providers.settings import ProviderSettings
+from rayruns.actors.cancellation import drive
+from rayruns.actors.frame_builder import FrameBuilder
+from rayruns.actors.frame_log import FrameLog
+from rayruns.actors.frames import LoggedFrame, StopReason
+from rayruns.actors.records import Outcome, RunError, RunRequest, Usage, terminal_frames
+from rayruns.providers.base import Provider, ProviderCall, RunCancelled
+from rayruns.providers.catalog import make_provider, parse_options, split_model
+from rayruns.providers.errors import ProviderError
+from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 

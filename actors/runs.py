@@ -20,13 +20,13 @@ from typing import Any
 import ray
 from pydantic import BaseModel, ValidationError
 
-from actors.client import connect_registry, find_run, follow, start_run
-from actors.frames import Frame, LoggedFrame, parse_frame
-from actors.records import Run, RunError, RunRequest, RunStatus, Usage
-from actors.remote import ActorHandle
-from actors.settings import ActorSettings
-from providers.errors import InvalidProviderOptions, UnknownProvider
-from providers.settings import ProviderSettings
+from rayruns.actors.client import connect_registry, find_run, follow, start_run
+from rayruns.actors.frames import Frame, LoggedFrame, parse_frame
+from rayruns.actors.records import Run, RunError, RunRequest, RunStatus, Usage
+from rayruns.actors.remote import ActorHandle
+from rayruns.actors.settings import ActorSettings
+from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
+from rayruns.providers.settings import ProviderSettings
 
 
 class RunResult(BaseModel):

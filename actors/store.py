@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.frames import LoggedFrame
-from actors.records import Run, RunStatus
+from rayruns.actors.frames import LoggedFrame
+from rayruns.actors.records import Run, RunStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -17,10 +17,10 @@ import psutil
 import ray
 from pydantic import SecretStr
 
-from actors.records import RunRequest
-from actors.remote import new_run_actor
-from actors.settings import ActorSettings
-from providers.settings import ProviderSettings
+from rayruns.actors.records import RunRequest
+from rayruns.actors.remote import new_run_actor
+from rayruns.actors.settings import ActorSettings
+from rayruns.providers.settings import ProviderSettings
 from tests.providers.wire_servers import start_wire_server
 
 KEY = "sk-memory-probe"

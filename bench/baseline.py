@@ -24,9 +24,9 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 
-from actors.records import RunRequest
-from actors.run_actor import RunActor
-from providers.settings import ProviderSettings
+from rayruns.actors.records import RunRequest
+from rayruns.actors.run_actor import RunActor
+from rayruns.providers.settings import ProviderSettings
 
 DONE = ServerSentEvent(data="[DONE]").encode()
 

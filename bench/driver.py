@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import ray
 
-from actors.runs import Runs
+from rayruns.actors.runs import Runs
 
 
 def _cpu_s() -> float:

@@ -16,8 +16,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import ConfigDict, SecretStr, model_validator
 
-from providers.base import CommonOptions
-from providers.errors import (
+from rayruns.providers.base import CommonOptions
+from rayruns.providers.errors import (
     ProviderAuthentication,
     ProviderBadRequest,
     ProviderError,

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from providers._vendor import (
+from rayruns.providers._vendor import (
     LoopClient,
     VendorOptions,
     close_quietly,
@@ -19,7 +19,7 @@ from providers._vendor import (
     stream_error,
     wire_error,
 )
-from providers.base import (
+from rayruns.providers.base import (
     Provider,
     ProviderCall,
     ProviderEvent,
@@ -30,8 +30,8 @@ from providers.base import (
     TokenUsage,
     ToolCall,
 )
-from providers.errors import ProviderError
-from providers.settings import ProviderSettings
+from rayruns.providers.errors import ProviderError
+from rayruns.providers.settings import ProviderSettings
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic, AsyncStream

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.settings import ProviderSettings
+from rayruns.providers.settings import ProviderSettings
 
 Role = Literal["system", "user", "assistant"]
 

@@ -7,15 +7,15 @@ from functools import cache
 
 from pydantic import BaseModel, ValidationError
 
-from providers.base import Provider
-from providers.errors import InvalidProviderOptions, UnknownProvider
-from providers.settings import ProviderSettings
+from rayruns.providers.base import Provider
+from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
+from rayruns.providers.settings import ProviderSettings
 
 _MODULES: dict[str, str] = {
-    "fake": "providers.fake:FakeProvider",
-    "openai": "providers.openai:OpenAIProvider",
-    "anthropic": "providers.anthropic:AnthropicProvider",
-    "google": "providers.google:GoogleProvider",
+    "fake": "rayruns.providers.fake:FakeProvider",
+    "openai": "rayruns.providers.openai:OpenAIProvider",
+    "anthropic": "rayruns.providers.anthropic:AnthropicProvider",
+    "google": "rayruns.providers.google:GoogleProvider",
 }
 
 PROVIDER_NAMES = tuple(_MODULES)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.base import (
+from rayruns.providers.base import (
     CommonOptions,
     Provider,
     ProviderCall,
@@ -21,7 +21,7 @@ from providers.base import (
     TextDelta,
     ToolCall,
 )
-from providers.errors import (
+from rayruns.providers.errors import (
     ProviderAuthentication,
     ProviderBadRequest,
     ProviderError,

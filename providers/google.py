@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from providers._vendor import (
+from rayruns.providers._vendor import (
     BlockCounter,
     LoopClient,
     VendorOptions,
@@ -26,7 +26,7 @@ from providers._vendor import (
     stream_error,
     wire_error,
 )
-from providers.base import (
+from rayruns.providers.base import (
     Provider,
     ProviderCall,
     ProviderEvent,
@@ -37,8 +37,8 @@ from providers.base import (
     TokenUsage,
     ToolCall,
 )
-from providers.errors import ProviderBadRequest, ProviderError
-from providers.settings import ProviderSettings
+from rayruns.providers.errors import ProviderBadRequest, ProviderError
+from rayruns.providers.settings import ProviderSettings
 
 if TYPE_CHECKING:
     import httpx

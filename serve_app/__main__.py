@@ -1,5 +1,5 @@
 import sys
 
-from serve_app.cli import main
+from rayruns.serve_app.cli import main
 
 sys.exit(main())

@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
-from actors.client import connect_registry
-from actors.remote import ActorHandle
-from serve_app import chat_completions
-from serve_app.errors import BodyLimit, error_response, install_error_handlers
-from serve_app.runs import Runtime, router
-from serve_app.settings import ServeSettings, Settings
+from rayruns.actors.client import connect_registry
+from rayruns.actors.remote import ActorHandle
+from rayruns.serve_app import chat_completions
+from rayruns.serve_app.errors import BodyLimit, error_response, install_error_handlers
+from rayruns.serve_app.runs import Runtime, router
+from rayruns.serve_app.settings import ServeSettings, Settings
 
 
 def build_api(registry: ActorHandle, settings: ServeSettings) -> FastAPI:

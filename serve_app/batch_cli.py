@@ -36,11 +36,11 @@ from pathlib import Path
 
 import ray
 
-from actors.runs import Runs
-from serve_app.batch_files import BatchFileError, ResultLog, read_items, scan_ids
-from serve_app.batch_progress import Display, Tally, make_display
-from serve_app.batch_runner import BatchRunner
-from serve_app.settings import Settings
+from rayruns.actors.runs import Runs
+from rayruns.serve_app.batch_files import BatchFileError, ResultLog, read_items, scan_ids
+from rayruns.serve_app.batch_progress import Display, Tally, make_display
+from rayruns.serve_app.batch_runner import BatchRunner
+from rayruns.serve_app.settings import Settings
 
 # Past the registry's own cancel grace (after which it kills a run's actor), stop waiting.
 GRACE_MARGIN_S = 5.0

@@ -14,10 +14,10 @@ from typing import Any, BinaryIO
 
 from pydantic import ValidationError
 
-from actors.records import RunRequest
-from actors.runs import RunResult
-from providers.catalog import parse_options, split_model
-from providers.errors import InvalidProviderOptions, UnknownProvider
+from rayruns.actors.records import RunRequest
+from rayruns.actors.runs import RunResult
+from rayruns.providers.catalog import parse_options, split_model
+from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
 
 RunId = str | int
 

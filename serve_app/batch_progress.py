@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from actors.runs import RunResult
+from rayruns.actors.runs import RunResult
 
 
 @dataclass

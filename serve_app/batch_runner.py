@@ -13,11 +13,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from actors.registry import ConversationBusy
-from actors.runs import RunResult, Runs, invalid_result
-from providers.errors import InvalidProviderOptions, UnknownProvider
-from serve_app.batch_files import Item, ResultLog, describe
-from serve_app.batch_progress import Display
+from rayruns.actors.registry import ConversationBusy
+from rayruns.actors.runs import RunResult, Runs, invalid_result
+from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
+from rayruns.serve_app.batch_files import Item, ResultLog, describe
+from rayruns.serve_app.batch_progress import Display
 
 log = logging.getLogger(__name__)
 

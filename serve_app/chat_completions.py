@@ -14,13 +14,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from actors.client import follow, start_run
-from actors.frames import CONTENT_TYPES, LoggedFrame
-from actors.records import ID_MAX, Run, RunRequest
-from actors.registry import ConversationBusy
-from providers.errors import InvalidProviderOptions, UnknownProvider
-from serve_app.runs import runtime
-from serve_app.sse import ClosingEventSourceResponse, JsonEventEncoder, sse_body
+from rayruns.actors.client import follow, start_run
+from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
+from rayruns.actors.records import ID_MAX, Run, RunRequest
+from rayruns.actors.registry import ConversationBusy
+from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
+from rayruns.serve_app.runs import runtime
+from rayruns.serve_app.sse import ClosingEventSourceResponse, JsonEventEncoder, sse_body
 
 router = APIRouter(prefix="/v1")
 

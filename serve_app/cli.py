@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import ray
 from ray import serve
 
-from actors.client import connect_registry
-from serve_app.app import deployment
-from serve_app.batch_cli import add_batch_parser, batch_command
-from serve_app.settings import Settings
+from rayruns.actors.client import connect_registry
+from rayruns.serve_app.app import deployment
+from rayruns.serve_app.batch_cli import add_batch_parser, batch_command
+from rayruns.serve_app.settings import Settings
 
 log = logging.getLogger("rayruns")
 

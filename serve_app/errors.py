@@ -12,9 +12,9 @@ from ray.exceptions import RayActorError, RaySystemError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors.client import UnknownRun
-from actors.registry import ConversationBusy
-from providers.errors import InvalidProviderOptions, UnknownProvider
+from rayruns.actors.client import UnknownRun
+from rayruns.actors.registry import ConversationBusy
+from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from actors.client import find_run, follow, start_run
-from actors.frames import CONTENT_TYPES, LoggedFrame
-from actors.records import ID_MAX, Run, RunRequest, RunStatus, check_message_types
-from actors.remote import ActorHandle
-from providers.catalog import split_model
-from serve_app.errors import ApiError
-from serve_app.settings import ServeSettings
-from serve_app.sse import ClosingEventSourceResponse, FrameEncoder, sse_body, wanted
+from rayruns.actors.client import find_run, follow, start_run
+from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
+from rayruns.actors.records import ID_MAX, Run, RunRequest, RunStatus, check_message_types
+from rayruns.actors.remote import ActorHandle
+from rayruns.providers.catalog import split_model
+from rayruns.serve_app.errors import ApiError
+from rayruns.serve_app.settings import ServeSettings
+from rayruns.serve_app.sse import ClosingEventSourceResponse, FrameEncoder, sse_body, wanted
 
 router = APIRouter(prefix="/v1")
 

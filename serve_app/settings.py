@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from actors.settings import ActorSettings
-from providers.settings import ProviderSettings
+from rayruns.actors.settings import ActorSettings
+from rayruns.providers.settings import ProviderSettings
 
 
 class ServeSettings(BaseSettings):

@@ -16,7 +16,7 @@ from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
-from actors.frames import CONTENT_TYPES, LoggedFrame
+from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = ServerSentEvent(data="[DONE]").encode()

@@ -16,9 +16,9 @@ import ray
 from pydantic import SecretStr
 from ray import serve
 
-from actors.client import connect_registry
-from serve_app.app import deployment
-from serve_app.settings import Settings
+from rayruns.actors.client import connect_registry
+from rayruns.serve_app.app import deployment
+from rayruns.serve_app.settings import Settings
 from tests.providers.support import API_KEY
 from tests.providers.wire_servers import WireServer, start_wire_server
 from tests.sse_client import Event, events_of

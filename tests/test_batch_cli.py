@@ -28,10 +28,10 @@ from typing import Any
 import psutil
 import pytest
 
-from actors.records import RunRequest
-from serve_app.batch_files import Item, ResultLog
-from serve_app.batch_progress import PlainDisplay, Tally
-from serve_app.batch_runner import BatchRunner
+from rayruns.actors.records import RunRequest
+from rayruns.serve_app.batch_files import Item, ResultLog
+from rayruns.serve_app.batch_progress import PlainDisplay, Tally
+from rayruns.serve_app.batch_runner import BatchRunner
 
 RAYRUNS = Path(sys.executable).with_name("rayruns")
 FAILS = ["timeout", "rate_limit", "auth", "bad_request", "error"]

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from actors.cancellation import RunCancelled, drive
-from providers.base import Message, ProviderCall, ProviderEvent, TextDelta
-from providers.fake import FakeOptions, FakeProvider, split_chunks
-from providers.settings import ProviderSettings
+from rayruns.actors.cancellation import RunCancelled, drive
+from rayruns.providers.base import Message, ProviderCall, ProviderEvent, TextDelta
+from rayruns.providers.fake import FakeOptions, FakeProvider, split_chunks
+from rayruns.providers.settings import ProviderSettings
 
 
 def fake_call(text: str = "alpha beta gamma delta", **knobs: Any) -> ProviderCall:
@@ -124,7 +124,7 @@ async def test_a_generator_that_ignores_the_cancel_is_closed() -> None:
 
 
 async def test_provider_errors_propagate_with_their_type() -> None:
-    from providers.errors import ProviderRateLimited
+    from rayruns.providers.errors import ProviderRateLimited
 
     call = fake_call(fail="rate_limit", fail_after=2)
     driven = drive(fake_stream(call), call.cancelled)

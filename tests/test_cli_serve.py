@@ -24,7 +24,7 @@ def test_serve_answers_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         "RAYRUNS_POOL_SIZE": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serve_app", "serve", "--port", str(port)],
+        [sys.executable, "-m", "rayruns.serve_app", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

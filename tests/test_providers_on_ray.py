@@ -82,9 +82,9 @@ async def test_a_missing_key_fails_without_the_network(
     http: httpx.AsyncClient, settings: Any
 ) -> None:
     # The session's settings carry keys; a run actor built without one must refuse at once.
-    from actors.records import RunRequest
-    from actors.remote import new_run_actor
-    from providers.settings import ProviderSettings
+    from rayruns.actors.records import RunRequest
+    from rayruns.actors.remote import new_run_actor
+    from rayruns.providers.settings import ProviderSettings
 
     bare = ProviderSettings(_env_file=None, openai_api_key=None)  # type: ignore[call-arg]
     actor = new_run_actor("rayruns-actor-test-no-key", settings.actors, bare)

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import ray
 
-from actors.client import follow, start_run
-from actors.frames import LoggedFrame
-from actors.records import Outcome, RunRequest, Usage
+from rayruns.actors.client import follow, start_run
+from rayruns.actors.frames import LoggedFrame
+from rayruns.actors.records import Outcome, RunRequest, Usage
 from tests.conftest import settled_actor_names, wait_terminal
 
 
@@ -95,7 +95,7 @@ async def test_cancel_mid_stream_is_seen_by_the_generator(registry: Any) -> None
 
 
 async def test_cancel_before_start_wins(registry: Any, settings: Any) -> None:
-    from actors.remote import new_run_actor
+    from rayruns.actors.remote import new_run_actor
 
     actor = new_run_actor("rayruns-actor-test-before-start", settings.actors, settings.providers)
     try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from actors.frames import LoggedFrame
-from actors.records import Run, Usage, utcnow
-from actors.store import RunStore
+from rayruns.actors.frames import LoggedFrame
+from rayruns.actors.records import Run, Usage, utcnow
+from rayruns.actors.store import RunStore
 
 
 def run(i: int, conversation: str | None = None) -> Run:

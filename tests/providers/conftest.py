@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from providers.base import Provider
-from providers.catalog import make_provider
-from providers.settings import ProviderSettings
+from rayruns.providers.base import Provider
+from rayruns.providers.catalog import make_provider
+from rayruns.providers.settings import ProviderSettings
 from tests.providers.support import API_KEY, ProviderFactory
 from tests.providers.wire_servers import WireServer, start_wire_server
 

@@ -14,8 +14,8 @@ import sys
 
 _PROBE = """
 import asyncio, json, psutil
-from providers.catalog import make_provider
-from providers.settings import ProviderSettings
+from rayruns.providers.catalog import make_provider
+from rayruns.providers.settings import ProviderSettings
 
 vendor = {vendor!r}
 

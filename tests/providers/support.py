@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from actors.cancellation import drive
-from providers.base import Message, Provider, ProviderCall, ProviderEvent
+from rayruns.actors.cancellation import drive
+from rayruns.providers.base import Message, Provider, ProviderCall, ProviderEvent
 
 VENDORS = ("openai", "anthropic", "google")
 API_KEY = "sk-wire-SECRET-0123456789"

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from actors.cancellation import drive
-from providers.base import RunCancelled, TextDelta
+from rayruns.actors.cancellation import drive
+from rayruns.providers.base import RunCancelled, TextDelta
 from tests.providers.support import (
     PROMPT_WORDS,
     VENDORS,

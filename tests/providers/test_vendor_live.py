@@ -10,10 +10,10 @@ import os
 
 import pytest
 
-from actors.cancellation import drive
-from providers.base import Message, RunCancelled, TextDelta
-from providers.catalog import make_provider
-from providers.settings import ProviderSettings
+from rayruns.actors.cancellation import drive
+from rayruns.providers.base import Message, RunCancelled, TextDelta
+from rayruns.providers.catalog import make_provider
+from rayruns.providers.settings import ProviderSettings
 from tests.providers.support import VENDORS, collect, make_call
 
 pytestmark = [pytest.mark.live, pytest.mark.parametrize("vendor", VENDORS)]

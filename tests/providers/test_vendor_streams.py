@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from providers.base import Message, ReasoningDelta, TextDelta, ToolCall
-from providers.errors import (
+from rayruns.providers.base import Message, ReasoningDelta, TextDelta, ToolCall
+from rayruns.providers.errors import (
     ProviderAuthentication,
     ProviderBadRequest,
     ProviderError,
@@ -233,8 +233,8 @@ async def test_sdk_is_imported_only_by_the_stream(vendor: str) -> None:
     # The options model must work without the SDK: the API validates options with it.
     sdk = {"openai": "openai", "anthropic": "anthropic", "google": "google.genai"}[vendor]
     code = (
-        f"import sys; from providers.catalog import make_provider, parse_options;"
-        f"from providers.settings import ProviderSettings;"
+        f"import sys; from rayruns.providers.catalog import make_provider, parse_options;"
+        f"from rayruns.providers.settings import ProviderSettings;"
         f"parse_options({vendor!r}, {{'temperature': 0.1, 'seed': 1}});"
         f"make_provider({vendor!r}, ProviderSettings());"
         f"print({sdk!r} in sys.modules)"
