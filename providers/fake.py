@@ -50,7 +50,7 @@ class FakeToolCall(BaseModel):
 
 
 class FakeOptions(CommonOptions):
-    """The fake provider's knobs (docs/api.md), plus the common options, which it accepts and ignores."""
+    """The fake provider's knobs (docs/api.md), plus the common options (accepted, ignored)."""
 
     text: str | None = Field(default=None, max_length=4 * 1024 * 1024)
     delay_s: float = Field(default=0.0, ge=0, le=3600)

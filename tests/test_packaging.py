@@ -47,7 +47,8 @@ def test_public_names_resolve() -> None:
 
 
 def test_bare_layer_names_are_not_importable_outside_the_checkout(tmp_path: Path) -> None:
-    script = "import importlib.util as u; print([u.find_spec(n) for n in ('actors', 'providers', 'serve_app')])"
+    names = ("actors", "providers", "serve_app")
+    script = f"import importlib.util as u; print([u.find_spec(n) for n in {names!r}])"
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True, text=True
     )
