@@ -1,4 +1,10 @@
-"""The Python API over the actors: what the Serve app and batch scripts use. No HTTP here."""
+"""RegistryClient: the one way to the registry actor, for the ingress, the Python API, the batch
+engine, the CLI and the tests. No HTTP here.
+
+An exception the registry raises reaches the caller as itself (e.g. `ConversationBusy`), not
+wrapped in Ray's `RayTaskError`; Ray's own failures (`RayActorError`: the registry is down or
+restarting) pass through as they are.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,15 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from rayruns.actors.frames import LoggedFrame
-from rayruns.actors.records import Run, RunRequest, terminal_frames
+from rayruns.actors.records import Run, RunStatus, terminal_frames
 from rayruns.actors.registry import RunRegistry
 from rayruns.actors.remote import ActorHandle
 from rayruns.actors.run_actor import NotThisRun
 from rayruns.actors.settings import ActorSettings
+from rayruns.actors.spec import RunSpec
 from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -23,82 +30,143 @@ log = logging.getLogger(__name__)
 RemoteRegistry: Any = ray.remote(RunRegistry)
 
 
-def connect_registry(settings: ActorSettings, provider_settings: ProviderSettings) -> ActorHandle:
-    """Get the cluster's registry, creating it on the head node if it is not there yet."""
-    return RemoteRegistry.options(
-        num_cpus=0,
-        max_restarts=-1,
-        max_concurrency=100_000,
-        name=settings.registry_name,
-        namespace=settings.namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        resources={"node:__internal_head__": 0.001},
-    ).remote(settings, provider_settings)
-
-
 class UnknownRun(LookupError):
     """No run has this id."""
 
 
-async def follow(
-    registry: ActorHandle,
-    run_id: str,
-    after_seq: int,
-    actor: ActorHandle | None,
-) -> AsyncGenerator[list[LoggedFrame], None]:
-    """Batches of the run's frames after `after_seq`: live from `actor`, else from the store.
+class RegistryClient:
+    """Typed calls on the cluster's `RunRegistry`, and reading runs' frames."""
 
-    Ends after the terminal frames. If the actor dies mid-stream, the reader still gets the
-    terminal frames of the run's recorded outcome (numbered on from the last frame it saw).
-    """
-    if actor is not None:
-        # Long-poll `read` rather than the `subscribe` stream: each read returns everything
-        # logged since the last one, so a reader that falls behind (a busy ingress) gets bigger
-        # batches instead of an ever longer queue of one-frame objects (bench/README.md).
-        pending = None
+    def __init__(self, registry: ActorHandle) -> None:
+        self.handle = registry
+
+    @classmethod
+    def connect(
+        cls, settings: ActorSettings, provider_settings: ProviderSettings
+    ) -> RegistryClient:
+        """The cluster's registry, created on the head node if it is not there yet."""
+        handle = RemoteRegistry.options(
+            num_cpus=0,
+            max_restarts=-1,
+            max_concurrency=100_000,
+            name=settings.registry_name,
+            namespace=settings.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            resources={"node:__internal_head__": 0.001},
+        ).remote(settings, provider_settings)
+        return cls(handle)
+
+    async def _call(self, method: str, *args: Any) -> Any:
         try:
-            while True:
-                pending = actor.read.remote(run_id, after_seq)
-                batch: list[LoggedFrame]
-                batch, closed = await pending
-                pending = None
-                if batch:
-                    after_seq = batch[-1].seq_id
-                    yield batch
-                if closed:
-                    return
-        except (RayActorError, NotThisRun) as exc:
-            # The actor finished and was retired, or died: the registry has the rest.
-            log.debug("run %s: actor gone while reading (%s)", run_id, type(exc).__name__)
-        finally:
-            if pending is not None:  # the reader went away mid-read: stop waiting in the actor
-                ray.cancel(pending)
-    rest = await _recorded_rest(registry, run_id, after_seq)
-    if rest:
-        yield rest
+            return await getattr(self.handle, method).remote(*args)
+        except RayTaskError as exc:
+            # Ray's wrapper subclasses the cause's type; callers get the cause itself.
+            raise exc.cause from None
 
+    # -- runs ---------------------------------------------------------------------------
 
-async def _recorded_rest(registry: ActorHandle, run_id: str, after_seq: int) -> list[LoggedFrame]:
-    run: Run | None = await registry.wait_terminal.remote(run_id)
-    if run is None:
-        raise UnknownRun(run_id)
-    frames: list[LoggedFrame] | None = await registry.stored_frames.remote(run_id)
-    if frames is not None:
-        return [f for f in frames if f.seq_id > after_seq]
-    # Lost with its actor, or past retention: the outcome is all that is left.
-    return terminal_frames(run_id, after_seq, run.outcome())
+    async def create_run(self, spec: RunSpec) -> tuple[Run, ActorHandle]:
+        """Record and start a run: its record and its actor. Raises ConversationBusy."""
+        run: Run
+        run, actor = await self._call("create_run", spec.only_spec())
+        return run, actor
 
+    async def get(self, run_id: str) -> Run | None:
+        run: Run | None = await self._call("get", run_id)
+        return run
 
-async def find_run(registry: ActorHandle, run_id: str) -> tuple[Run, ActorHandle | None]:
-    """The run's record and its live actor (None once it ended). Raises UnknownRun."""
-    found: tuple[Run, ActorHandle | None] | None = await registry.source.remote(run_id)
-    if found is None:
-        raise UnknownRun(run_id)
-    return found
+    async def list_runs(
+        self, conversation_id: str | None = None, status: RunStatus | None = None, limit: int = 50
+    ) -> list[Run]:
+        runs: list[Run] = await self._call("list_runs", conversation_id, status, limit)
+        return runs
 
+    async def source(self, run_id: str) -> tuple[Run, ActorHandle | None]:
+        """The run's record and its live actor (None once it ended). Raises UnknownRun."""
+        found: tuple[Run, ActorHandle | None] | None = await self._call("source", run_id)
+        if found is None:
+            raise UnknownRun(run_id)
+        return found
 
-async def start_run(registry: ActorHandle, request: RunRequest) -> tuple[Run, ActorHandle]:
-    run: Run
-    run, actor = await registry.create_run.remote(request)
-    return run, actor
+    async def cancel(self, run_id: str) -> Run | None:
+        """Cancel and return the run once terminal (None: no such run)."""
+        run: Run | None = await self._call("cancel", run_id)
+        return run
+
+    def cancel_soon(self, run_id: str) -> None:
+        """Send a cancel without waiting for it (a client went away; a batch gave up)."""
+        self.handle.cancel.remote(run_id)
+
+    async def wait_terminal(self, run_id: str, timeout_s: float | None = None) -> Run | None:
+        """The run's record once terminal, or as it is when `timeout_s` passes (None: no run)."""
+        run: Run | None = await self._call("wait_terminal", run_id, timeout_s)
+        return run
+
+    async def stored_frames(self, run_id: str) -> list[LoggedFrame] | None:
+        """A finished run's log, while it is kept (None: lost with its actor, or expired)."""
+        frames: list[LoggedFrame] | None = await self._call("stored_frames", run_id)
+        return frames
+
+    async def stream_endings(self, run_id: str) -> list[dict[str, Any]] | None:
+        """How each provider stream of a finished run ended."""
+        endings: list[dict[str, Any]] | None = await self._call("stream_endings", run_id)
+        return endings
+
+    async def stats(self) -> dict[str, int | str]:
+        stats: dict[str, int | str] = await self._call("stats")
+        return stats
+
+    def wait_ready(self) -> None:
+        """Block until the registry answers (from synchronous code, e.g. at start-up)."""
+        ray.get(self.handle.stats.remote())
+
+    async def actor_names(self) -> dict[str, list[str]]:
+        names: dict[str, list[str]] = await self._call("actor_names")
+        return names
+
+    # -- frames -------------------------------------------------------------------------
+
+    async def follow(
+        self, run_id: str, after_seq: int, actor: ActorHandle | None
+    ) -> AsyncGenerator[list[LoggedFrame], None]:
+        """Batches of the run's frames after `after_seq`: live from `actor`, else from the store.
+
+        Ends after the terminal frames. If the actor dies mid-stream, the reader still gets the
+        terminal frames of the run's recorded outcome (numbered on from the last frame it saw).
+        """
+        if actor is not None:
+            # Long-poll `read`: each read returns everything logged since the last one, so a
+            # reader that falls behind (a busy ingress) gets bigger batches instead of an ever
+            # longer queue of one-frame objects (bench/README.md).
+            pending = None
+            try:
+                while True:
+                    pending = actor.read.remote(run_id, after_seq)
+                    batch: list[LoggedFrame]
+                    batch, closed = await pending
+                    pending = None
+                    if batch:
+                        after_seq = batch[-1].seq_id
+                        yield batch
+                    if closed:
+                        return
+            except (RayActorError, NotThisRun) as exc:
+                # The actor finished and was retired, or died: the registry has the rest.
+                log.debug("run %s: actor gone while reading (%s)", run_id, type(exc).__name__)
+            finally:
+                if pending is not None:  # the reader went away mid-read: stop the actor's wait
+                    ray.cancel(pending)
+        rest = await self._recorded_rest(run_id, after_seq)
+        if rest:
+            yield rest
+
+    async def _recorded_rest(self, run_id: str, after_seq: int) -> list[LoggedFrame]:
+        run = await self.wait_terminal(run_id)
+        if run is None:
+            raise UnknownRun(run_id)
+        frames = await self.stored_frames(run_id)
+        if frames is not None:
+            return [f for f in frames if f.seq_id > after_seq]
+        # Lost with its actor, or past retention: the outcome is all that is left.
+        return terminal_frames(run_id, after_seq, run.outcome())

@@ -24,7 +24,6 @@ StopReason = Literal[
     "requires_approval",
     "error",
     "llm_api_error",
-    "invalid_tool_call",
     "cancelled",
 ]
 

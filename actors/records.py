@@ -1,21 +1,19 @@
-"""Run requests, run records and their outcomes: the vocabulary the registry stores."""
+"""Run records and their outcomes: the vocabulary the registry stores."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
 from rayruns.actors.frames import (
-    CONTENT_TYPES,
     ErrorFrame,
     LoggedFrame,
     StopReason,
     StopReasonFrame,
     UsageFrame,
 )
-from rayruns.providers.base import Message
 from rayruns.providers.errors import ErrorType
 
 RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
@@ -27,44 +25,8 @@ STATUS_OF_STOP: dict[StopReason, RunStatus] = {
     "requires_approval": "completed",
     "error": "failed",
     "llm_api_error": "failed",
-    "invalid_tool_call": "failed",
     "cancelled": "cancelled",
 }
-
-ID_MAX = 128
-
-
-class RunRequest(BaseModel):
-    """The body of `POST /v1/runs`, and what batch scripts hand to `start_run`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(default="fake/echo", min_length=1, max_length=256)
-    messages: list[Message] = Field(min_length=1, max_length=10_000)
-    stream: bool = True
-    stream_tokens: bool = True
-    background: bool = False
-    include_pings: bool = True
-    include_return_message_types: list[str] | None = None
-    max_steps: int = Field(default=10, ge=1, le=1000)
-    conversation_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX)
-    provider_options: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("include_return_message_types")
-    @classmethod
-    def _known_types(cls, value: list[str] | None) -> list[str] | None:
-        return check_message_types(value)
-
-
-def check_message_types(value: list[str] | None) -> list[str] | None:
-    """Content message types a reader asks for; raises ValueError naming unknown ones."""
-    if value is not None:
-        unknown = sorted(set(value) - CONTENT_TYPES)
-        if unknown:
-            known = ", ".join(sorted(CONTENT_TYPES))
-            raise ValueError(f"unknown message types {unknown}; known: {known}")
-    return value
 
 
 class Usage(BaseModel):

@@ -20,11 +20,11 @@ from ray.exceptions import RayActorError
 
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.pool import ActorPool, RunActorRef
-from rayruns.actors.records import Outcome, Run, RunError, RunRequest, RunStatus, Usage, utcnow
+from rayruns.actors.records import Outcome, Run, RunError, RunStatus, Usage, utcnow
 from rayruns.actors.remote import ActorHandle
 from rayruns.actors.settings import ActorSettings
+from rayruns.actors.spec import RunSpec
 from rayruns.actors.store import RunStore
-from rayruns.providers.catalog import parse_options, split_model
 from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -73,21 +73,19 @@ class RunRegistry:
 
     # -- runs ---------------------------------------------------------------------------
 
-    async def create_run(self, request: RunRequest) -> tuple[Run, ActorHandle]:
+    async def create_run(self, spec: RunSpec) -> tuple[Run, ActorHandle]:
         """Record a new run, give it an actor and start it. Raises ConversationBusy."""
-        provider, _ = split_model(request.model)
-        parse_options(provider, request.provider_options)
-        conversation = request.conversation_id
+        conversation = spec.conversation_id
         if conversation is not None and conversation in self._conversations:
             raise ConversationBusy(conversation, self._conversations[conversation])
         run = Run(
             id=new_run_id(),
             status="created",
-            model=request.model,
+            model=spec.model,
             conversation_id=conversation,
-            background=request.background,
+            background=spec.background,
             created_at=utcnow(),
-            metadata=request.metadata,
+            metadata=spec.metadata,
         )
         live = self._live[run.id] = _Live(run, self._pool.acquire())
         self._store.insert(run, live.actor.name)
@@ -95,13 +93,13 @@ class RunRegistry:
             self._conversations[conversation] = run.id
         # Started before returning, so that a reader's first read never overtakes `start`.
         try:
-            await live.handle.start.remote(run.id, request)
+            await live.handle.start.remote(run.id, spec)
         except RayActorError:  # a pooled actor that died while idle: a new one takes over
             self._pool.discard(live.actor)
             live.actor = self._pool.spawn()
             self._store.set_actor(run.id, live.actor.name)
             try:
-                await live.handle.start.remote(run.id, request)
+                await live.handle.start.remote(run.id, spec)
             except RayActorError as exc:
                 lost = _lost(f"no run actor could start: {exc}")
                 return self._finish(run.id, lost, None, []), live.handle
@@ -154,12 +152,6 @@ class RunRegistry:
             self._finish(live.run.id, Outcome(stop_reason="cancelled", usage=Usage()), None, [])
             ray.kill(live.handle, no_restart=True)
         return await self.get(run_id)
-
-    async def finish(self, run_id: str, outcome: Outcome) -> Run | None:
-        """An outside terminal write (e.g. a tool that reconciles runs): refused if terminal."""
-        if await self.get(run_id) is None:
-            return None
-        return self._finish(run_id, outcome, None, [])
 
     async def stream_endings(self, run_id: str) -> list[dict[str, Any]] | None:
         return self._store.stream_endings(run_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncGenerator
 from dataclasses import asdict
 from typing import Any
 
@@ -19,16 +18,17 @@ from rayruns.actors.cancellation import drive
 from rayruns.actors.frame_builder import FrameBuilder
 from rayruns.actors.frame_log import FrameLog
 from rayruns.actors.frames import LoggedFrame, StopReason
-from rayruns.actors.records import Outcome, RunError, RunRequest, Usage, terminal_frames
+from rayruns.actors.records import Outcome, RunError, Usage, terminal_frames
+from rayruns.actors.spec import RunSpec
 from rayruns.providers.base import Provider, ProviderCall, RunCancelled
-from rayruns.providers.catalog import make_provider, parse_options, split_model
+from rayruns.providers.catalog import make_provider
 from rayruns.providers.errors import ProviderError
 from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
 
-class RunResult(BaseModel):
+class FinishedRun(BaseModel):
     """What the registry records when a run ends: outcome, whole log, how each stream ended."""
 
     run_id: str
@@ -56,17 +56,17 @@ class RunActor:
         self._cancel = asyncio.Event()
         self._log = FrameLog()
         self._calls: list[ProviderCall] = []
-        self._result: RunResult | None = None
+        self._result: FinishedRun | None = None
         self._done = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
 
-    async def start(self, run_id: str, request: RunRequest) -> None:
+    async def start(self, run_id: str, spec: RunSpec) -> None:
         if self._run_id is not None:
             raise RuntimeError(f"actor is busy with {self._run_id}; cannot start {run_id}")
         self._run_id = run_id
         if run_id in self._cancelled_ids:
             self._cancel.set()
-        self._pump = asyncio.create_task(self._run(run_id, request), name=f"pump {run_id}")
+        self._pump = asyncio.create_task(self._run(run_id, spec), name=f"pump {run_id}")
 
     async def cancel(self, run_id: str) -> None:
         """Instant: set the event (or remember the intent, when start has not arrived yet)."""
@@ -75,27 +75,13 @@ class RunActor:
         else:
             self._cancelled_ids.add(run_id)
 
-    async def subscribe(
-        self, run_id: str, after_seq: int
-    ) -> AsyncGenerator[list[LoggedFrame], None]:
-        """Stream the log after `after_seq` in batches, ending after the terminal frames."""
-        self._check(run_id)
-        frames = self._log
-        while True:
-            await frames.wait_beyond(after_seq)
-            batch = frames.after(after_seq)
-            if not batch:
-                return
-            after_seq = batch[-1].seq_id
-            yield batch
-
     async def read(self, run_id: str, after_seq: int) -> tuple[list[LoggedFrame], bool]:
         """Long-poll: the frames after `after_seq` (waiting for at least one), and whether done."""
         self._check(run_id)
         await self._log.wait_beyond(after_seq)
         return self._log.after(after_seq), self._log.closed
 
-    async def result(self, run_id: str) -> RunResult:
+    async def result(self, run_id: str) -> FinishedRun:
         self._check(run_id)
         await self._done.wait()
         assert self._result is not None
@@ -119,13 +105,13 @@ class RunActor:
         if run_id != self._run_id:
             raise NotThisRun(f"this actor is not running {run_id}")
 
-    async def _run(self, run_id: str, request: RunRequest) -> None:
-        builder = FrameBuilder(run_id, self._log, stream_tokens=request.stream_tokens)
+    async def _run(self, run_id: str, spec: RunSpec) -> None:
+        builder = FrameBuilder(run_id, self._log, stream_tokens=spec.stream_tokens)
         usage = Usage()
         error: RunError | None = None
         stop: StopReason
         try:
-            stop = await self._step(run_id, request, builder, usage)
+            stop = await self._step(run_id, spec, builder, usage)
         except RunCancelled:
             stop = "cancelled"
         except ProviderError as exc:
@@ -138,7 +124,7 @@ class RunActor:
         outcome = Outcome(stop_reason=stop, usage=usage, error=error)
         self._log.extend(terminal_frames(run_id, self._log.next_seq - 1, outcome))
         self._log.close()
-        self._result = RunResult(
+        self._result = FinishedRun(
             run_id=run_id,
             outcome=outcome,
             frames=self._log.snapshot(),
@@ -147,20 +133,22 @@ class RunActor:
         self._done.set()
 
     async def _step(
-        self, run_id: str, request: RunRequest, builder: FrameBuilder, usage: Usage
+        self, run_id: str, spec: RunSpec, builder: FrameBuilder, usage: Usage
     ) -> StopReason:
         """One provider call. This runtime executes no tools, so a tool call ends the run."""
         if self._cancel.is_set():
             raise RunCancelled
-        provider_name, model_name = split_model(request.model)
-        provider = self._providers.get(provider_name)
+        target = spec.target
+        provider = self._providers.get(target.provider)
         if provider is None:
-            provider = self._providers[provider_name] = make_provider(provider_name, self._settings)
+            provider = self._providers[target.provider] = make_provider(
+                target.provider, self._settings
+            )
         call = ProviderCall(
             run_id=run_id,
-            model=model_name,
-            messages=request.messages,
-            options=parse_options(provider_name, request.provider_options),
+            model=target.model_name,
+            messages=spec.messages,
+            options=target.options,
             step=1,
             cancelled=self._cancel,
         )
@@ -177,7 +165,7 @@ class RunActor:
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         if not builder.tool_calls:
             return "end_turn"
-        if request.max_steps == 1:
+        if spec.max_steps == 1:
             return "max_steps"
         builder.request_approvals()
         return "requires_approval"

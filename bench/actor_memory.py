@@ -17,9 +17,9 @@ import psutil
 import ray
 from pydantic import SecretStr
 
-from rayruns.actors.records import RunRequest
 from rayruns.actors.remote import new_run_actor
 from rayruns.actors.settings import ActorSettings
+from rayruns.actors.spec import RunSpec
 from rayruns.providers.settings import ProviderSettings
 from tests.providers.wire_servers import start_wire_server
 
@@ -35,8 +35,8 @@ async def idle_uss_mb(
         pid = await actor.ping.remote()
         if model is not None:
             run_id = f"run-memory-{model.replace('/', '-')}"
-            request = RunRequest(model=model, messages=[{"role": "user", "content": "hi"}])
-            await actor.start.remote(run_id, request)
+            spec = RunSpec(model=model, messages=[{"role": "user", "content": "hi"}])
+            await actor.start.remote(run_id, spec)
             result = await actor.result.remote(run_id)
             assert result.outcome.stop_reason == "end_turn", result.outcome
             await actor.reset.remote()

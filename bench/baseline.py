@@ -24,11 +24,10 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 
-from rayruns.actors.records import RunRequest
 from rayruns.actors.run_actor import RunActor
 from rayruns.providers.settings import ProviderSettings
-
-DONE = ServerSentEvent(data="[DONE]").encode()
+from rayruns.serve_app.run_body import RunBody
+from rayruns.serve_app.sse import DONE_EVENT
 
 
 def _encode(frames: list[Any]) -> bytes:
@@ -44,7 +43,7 @@ def build_app(settings: ProviderSettings) -> FastAPI:
     app = FastAPI(title="rayruns-bench-baseline")
     runs: dict[str, RunActor] = {}
 
-    async def start(body: RunRequest) -> tuple[str, RunActor]:
+    async def start(body: RunBody) -> tuple[str, RunActor]:
         run_id = f"run-{uuid.uuid4().hex}"
         actor = runs[run_id] = RunActor(settings)
         await actor.start(run_id, body)
@@ -62,7 +61,7 @@ def build_app(settings: ProviderSettings) -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/v1/runs", response_model=None)
-    async def create_run(body: RunRequest) -> Response:
+    async def create_run(body: RunBody) -> Response:
         run_id, actor = await start(body)
         if not body.stream:
             result = await actor.result(run_id)
@@ -72,10 +71,14 @@ def build_app(settings: ProviderSettings) -> FastAPI:
         async def sse() -> AsyncIterator[bytes]:
             completed = False
             try:
-                async for batch in actor.subscribe(run_id, 0):
-                    yield _encode(batch)
+                after, closed = 0, False
+                while not closed:  # long-poll `read`, as production readers do
+                    batch, closed = await actor.read(run_id, after)
+                    if batch:
+                        after = batch[-1].seq_id
+                        yield _encode(batch)
                 completed = True
-                yield DONE
+                yield DONE_EVENT
             finally:
                 if not completed and not body.background:
                     await actor.cancel(run_id)  # the client went away: a foreground run ends

@@ -61,7 +61,7 @@ async def idle_uss(runs: Runs, spec: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     names: list[str] = []
     while time.monotonic() < deadline:
-        names = (await runs.registry.actor_names.remote())["idle"]
+        names = (await runs.client.actor_names())["idle"]
         if names:
             break
         await asyncio.sleep(0.5)

@@ -1,6 +1,6 @@
 """rayruns: LLM runs as Ray actors, streamed over SSE through Ray Serve, cancelled reliably.
 
-Scripts use the Python API (`Runs`, `RunHandle`, `RunResult`); the HTTP server is
+Scripts use the Python API (`Runs`, `RunSpec`, `RunHandle`, `RunResult`); the HTTP server is
 `rayruns serve`. Names are loaded on first use, so importing one layer (e.g. `rayruns.providers`
 inside a run actor) does not import the others.
 """
@@ -11,37 +11,52 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rayruns.actors.batch import BatchEngine, BatchItem
+    from rayruns.actors.client import RegistryClient, UnknownRun
     from rayruns.actors.frames import Frame
-    from rayruns.actors.records import Run, RunError, RunRequest, RunStatus, Usage
-    from rayruns.actors.runs import RunHandle, RunResult, Runs
+    from rayruns.actors.handle import RunHandle, RunResult
+    from rayruns.actors.records import Run, RunError, RunStatus, Usage
+    from rayruns.actors.registry import ConversationBusy
+    from rayruns.actors.runs import Runs
     from rayruns.actors.settings import ActorSettings
+    from rayruns.actors.spec import RunSpec
     from rayruns.providers.settings import ProviderSettings
 
 __all__ = [
     "ActorSettings",
+    "BatchEngine",
+    "BatchItem",
+    "ConversationBusy",
     "Frame",
     "ProviderSettings",
     "Run",
     "RunError",
+    "RegistryClient",
     "RunHandle",
-    "RunRequest",
     "RunResult",
+    "RunSpec",
     "RunStatus",
     "Runs",
+    "UnknownRun",
     "Usage",
 ]
 
 _WHERE = {
     "ActorSettings": "rayruns.actors.settings",
+    "BatchEngine": "rayruns.actors.batch",
+    "BatchItem": "rayruns.actors.batch",
+    "ConversationBusy": "rayruns.actors.registry",
     "Frame": "rayruns.actors.frames",
     "ProviderSettings": "rayruns.providers.settings",
     "Run": "rayruns.actors.records",
     "RunError": "rayruns.actors.records",
-    "RunHandle": "rayruns.actors.runs",
-    "RunRequest": "rayruns.actors.records",
-    "RunResult": "rayruns.actors.runs",
+    "RegistryClient": "rayruns.actors.client",
+    "RunHandle": "rayruns.actors.handle",
+    "RunResult": "rayruns.actors.handle",
+    "RunSpec": "rayruns.actors.spec",
     "RunStatus": "rayruns.actors.records",
     "Runs": "rayruns.actors.runs",
+    "UnknownRun": "rayruns.actors.client",
     "Usage": "rayruns.actors.records",
 }
 

@@ -7,17 +7,16 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
-from rayruns.actors.client import connect_registry
-from rayruns.actors.remote import ActorHandle
+from rayruns.actors.client import RegistryClient
 from rayruns.serve_app import chat_completions
 from rayruns.serve_app.errors import BodyLimit, error_response, install_error_handlers
 from rayruns.serve_app.runs import Runtime, router
 from rayruns.serve_app.settings import ServeSettings, Settings
 
 
-def build_api(registry: ActorHandle, settings: ServeSettings) -> FastAPI:
+def build_api(client: RegistryClient, settings: ServeSettings) -> FastAPI:
     api = FastAPI(title="rayruns", version="0.1.0")
-    api.state.runtime = Runtime(registry, settings)
+    api.state.runtime = Runtime(client, settings)
     install_error_handlers(api)
     api.include_router(router)
     api.include_router(chat_completions.router)
@@ -25,7 +24,7 @@ def build_api(registry: ActorHandle, settings: ServeSettings) -> FastAPI:
     @api.get("/healthz", response_model=None)
     async def healthz() -> Any:
         try:
-            await registry.stats.remote()
+            await client.stats()
         except Exception as exc:
             return error_response(503, f"not ready: {type(exc).__name__}")
         return {"status": "ok"}
@@ -40,10 +39,10 @@ class RunsIngress:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._registry = connect_registry(settings.actors, settings.providers)
+        self._client = RegistryClient.connect(settings.actors, settings.providers)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self._registry, self._settings.serve)
+        return build_api(self._client, self._settings.serve)
 
 
 def deployment(settings: Settings) -> Any:

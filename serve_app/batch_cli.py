@@ -36,10 +36,11 @@ from pathlib import Path
 
 import ray
 
+from rayruns.actors.batch import BatchEngine, BatchItem
+from rayruns.actors.handle import RunResult
 from rayruns.actors.runs import Runs
 from rayruns.serve_app.batch_files import BatchFileError, ResultLog, read_items, scan_ids
 from rayruns.serve_app.batch_progress import Display, Tally, make_display
-from rayruns.serve_app.batch_runner import BatchRunner
 from rayruns.serve_app.settings import Settings
 
 # Past the registry's own cancel grace (after which it kills a run's actor), stop waiting.
@@ -47,7 +48,9 @@ GRACE_MARGIN_S = 5.0
 
 
 @dataclass
-class Outcome:
+class BatchExit:
+    """Why this invocation's runs stopped early, if they did."""
+
     interrupted: bool = False
     error: Exception | None = None
 
@@ -94,17 +97,17 @@ def _batch(args: argparse.Namespace, settings: Settings, started: float) -> int:
     display = make_display(tally, args.progress_interval)
     if out.dropped_tail:
         display.note(f"batch: cut a partial last line off {out.path}")
-    outcome = Outcome()
+    stopped = BatchExit()
     try:
         if tally.total:
-            outcome = _connect_and_run(args, settings, display, out, set(kept))
+            stopped = _connect_and_run(args, settings, display, out, set(kept))
     finally:
         out.close()
-    _say(_summary(tally, kept, time.monotonic() - started, outcome))
-    if outcome.interrupted:
+    _say(_summary(tally, kept, time.monotonic() - started, stopped))
+    if stopped.interrupted:
         return 130
-    if outcome.error is not None:
-        _say(f"rayruns batch: error: {type(outcome.error).__name__}: {outcome.error}")
+    if stopped.error is not None:
+        _say(f"rayruns batch: error: {type(stopped.error).__name__}: {stopped.error}")
         return 1
     all_completed = tally.completed == tally.total and set(kept.values()) <= {"completed"}
     return 0 if all_completed else 1
@@ -121,7 +124,7 @@ def _open_files(input: Path, output: Path) -> tuple[set[str], ResultLog]:
 
 def _connect_and_run(
     args: argparse.Namespace, settings: Settings, display: Display, out: ResultLog, skip: set[str]
-) -> Outcome:
+) -> BatchExit:
     try:
         # "local": without --address, a fresh local Ray, never one this machine happens to run.
         runs = Runs.connect(args.address or "local", settings.actors, settings.providers)
@@ -138,19 +141,33 @@ async def _run(
     out: ResultLog,
     skip: set[str],
     grace_s: float,
-) -> Outcome:
-    runner = BatchRunner(runs, out, display, args.concurrency)
-    outcome = Outcome()
+) -> BatchExit:
+    tally = display.tally
+    stopped = BatchExit()
     force = asyncio.Event()
 
+    def started(_: BatchItem) -> None:
+        tally.running = engine.running
+        display.update()
+
+    def ended(_: BatchItem, result: RunResult) -> None:
+        tally.running = engine.running
+        if result.run_id is None and result.error is not None:  # it never started
+            display.note(result.error.message)
+        out.write(_rounded(result))
+        tally.add(result)
+        display.update()
+
+    engine = BatchEngine(runs.client, args.concurrency, on_start=started, on_result=ended)
+
     def interrupt() -> None:
-        if runner.stopping.is_set():
+        if engine.stopping.is_set():
             force.set()
             return
-        outcome.interrupted = True
-        runner.stopping.set()
+        stopped.interrupted = True
+        engine.stopping.set()
         display.note(
-            f"batch: interrupted; cancelling {runner.tally.running} runs in flight "
+            f"batch: interrupted; cancelling {engine.running} runs in flight "
             "(Ctrl-C again to stop waiting)"
         )
 
@@ -159,14 +176,27 @@ async def _run(
     try:
         async with display.shown():
             with contextlib.closing(read_items(args.input, skip)) as items:
-                await runner.run(items, force, grace_s)
+                tally.since = time.monotonic()  # runs/s without Ray's start
+                try:
+                    await engine.run(items, grace_s=grace_s, force=force)
+                finally:
+                    tally.until = time.monotonic()
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-    outcome.error = runner.error
-    return outcome
+    stopped.error = engine.error
+    return stopped
 
 
-def _summary(tally: Tally, kept: dict[str, str], wall_s: float, outcome: Outcome) -> str:
+def _rounded(result: RunResult) -> RunResult:
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    return result.model_copy(
+        update={"ttft_ms": ms(result.ttft_ms), "duration_ms": ms(result.duration_ms)}
+    )
+
+
+def _summary(tally: Tally, kept: dict[str, str], wall_s: float, stopped: BatchExit) -> str:
     lines = [
         f"batch: {tally.finished} runs: {tally.completed} completed, {tally.failed} failed, "
         f"{tally.cancelled} cancelled; {tally.rate():.1f} runs/s; wall time {wall_s:.1f} s"
@@ -178,7 +208,7 @@ def _summary(tally: Tally, kept: dict[str, str], wall_s: float, outcome: Outcome
             f"({len(kept) - failed} completed, {failed} failed)"
         )
     left = tally.total - tally.finished
-    if left and (outcome.interrupted or outcome.error is not None):
+    if left and (stopped.interrupted or stopped.error is not None):
         lines.append(f"batch: {left} runs not done; run the same command again to resume")
     return "\n".join(lines)
 

@@ -8,38 +8,25 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydantic import ValidationError
 
-from rayruns.actors.records import RunRequest
-from rayruns.actors.runs import RunResult
-from rayruns.providers.catalog import parse_options, split_model
-from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
-
-RunId = str | int
+from rayruns.actors.batch import BatchItem, ItemId
+from rayruns.actors.handle import RunResult
+from rayruns.actors.spec import describe
+from rayruns.serve_app.run_body import RunBody
 
 # Records with these statuses are kept on a resume; any other record of an input id is re-run.
-DONE = frozenset({"completed", "failed"})
+KEPT_STATUSES = frozenset({"completed", "failed"})
 
 
 class BatchFileError(Exception):
     """An input or output file that the batch cannot use at all (a usage error)."""
 
 
-@dataclass(frozen=True)
-class Item:
-    """One input line: a valid request, or (request None) the problem that makes it invalid."""
-
-    line: int
-    id: RunId
-    request: RunRequest | None
-    problem: str = ""
-
-
-def id_key(id: RunId) -> str:
+def id_key(id: ItemId) -> str:
     return json.dumps(id)
 
 
@@ -51,7 +38,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
-def _split(number: int, raw: bytes) -> tuple[RunId, dict[str, Any] | None, str]:
+def _split(number: int, raw: bytes) -> tuple[ItemId, dict[str, Any] | None, str]:
     """The line's id and the rest of its object, or its id and what is wrong with it."""
     try:
         data = json.loads(raw)
@@ -63,22 +50,6 @@ def _split(number: int, raw: bytes) -> tuple[RunId, dict[str, Any] | None, str]:
     if isinstance(id, bool) or not isinstance(id, str | int):
         return number, None, "id must be a string or an integer"
     return id, data, ""
-
-
-def _validate(body: dict[str, Any]) -> RunRequest:
-    """Everything that can be checked before a run starts, so a bad line never takes a slot."""
-    request = RunRequest.model_validate(body)
-    provider, _ = split_model(request.model)
-    parse_options(provider, request.provider_options)
-    return request
-
-
-def describe(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
-        )
-    return str(exc)
 
 
 def scan_ids(path: Path) -> set[str]:
@@ -99,21 +70,23 @@ def scan_ids(path: Path) -> set[str]:
     return set(first)
 
 
-def read_items(path: Path, skip: set[str]) -> Generator[Item, None, None]:
-    """The input's items in order, except those whose id is in `skip`."""
+def read_items(path: Path, skip: set[str]) -> Generator[BatchItem, None, None]:
+    """The input's items in order, except those whose id is in `skip`. Each line is validated
+    here, so a bad one never takes a run slot."""
     for number, raw in _lines(path):
         id, body, problem = _split(number, raw)
         if id_key(id) in skip:
             continue
+        where = f"line {number}"
         if body is None:
-            yield Item(number, id, None, problem)
+            yield BatchItem(number, id, None, problem, where)
             continue
         try:
-            request = _validate(body)
-        except (ValidationError, UnknownProvider, InvalidProviderOptions) as exc:
-            yield Item(number, id, None, describe(exc))
+            spec = RunBody.model_validate(body).only_spec()
+        except ValidationError as exc:
+            yield BatchItem(number, id, None, describe(exc), where)
         else:
-            yield Item(number, id, request)
+            yield BatchItem(number, id, spec, where=where)
 
 
 class ResultLog:
@@ -143,7 +116,7 @@ class ResultLog:
                 if not raw.strip():
                     continue
                 key, status = _record_key(path, number, raw)
-                if status in DONE:
+                if status in KEPT_STATUSES:
                     done[key] = status
                 elif key in input_ids:
                     rerun += 1
@@ -178,7 +151,7 @@ def _drop_records(path: Path, input_ids: set[str]) -> None:
         for number, raw in enumerate(src, start=1):
             if raw.strip():
                 key, status = _record_key(path, number, raw)
-                if status not in DONE and key in input_ids:
+                if status not in KEPT_STATUSES and key in input_ids:
                     continue
             dst.write(raw)
         dst.flush()

@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from rayruns.actors.runs import RunResult
+from rayruns.actors.handle import RunResult
 
 
 @dataclass

@@ -14,11 +14,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rayruns.actors.client import follow, start_run
 from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
-from rayruns.actors.records import ID_MAX, Run, RunRequest
+from rayruns.actors.records import Run
 from rayruns.actors.registry import ConversationBusy
-from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
+from rayruns.actors.spec import ID_MAX, RunSpec, describe
 from rayruns.serve_app.runs import runtime
 from rayruns.serve_app.sse import ClosingEventSourceResponse, JsonEventEncoder, sse_body
 
@@ -82,7 +81,8 @@ class ChatRequest(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     conversation_id: str | None = Field(default=None, max_length=ID_MAX)
 
-    def to_run_request(self) -> RunRequest:
+    def to_spec(self) -> RunSpec:
+        """The run this completion is; raises ValidationError (also for the model, options)."""
         common = {
             "temperature": self.temperature,
             "max_tokens": self.max_completion_tokens or self.max_tokens,
@@ -94,7 +94,7 @@ class ChatRequest(BaseModel):
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in self.messages
         ]
-        return RunRequest.model_validate(
+        return RunSpec.model_validate(
             {
                 "model": self.model,
                 "messages": messages,
@@ -213,26 +213,21 @@ async def chat_completions(request: Request) -> Response:
     rt = runtime(request)
     try:
         chat = ChatRequest.model_validate_json(await request.body())
-        run_request = chat.to_run_request()
+        spec = chat.to_spec()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        return openai_error(400, problems, "invalid_request_error", "invalid_request")
+        return openai_error(400, describe(exc), "invalid_request_error", "invalid_request")
     except ValueError as exc:
         return openai_error(400, str(exc), "invalid_request_error", "invalid_request")
     try:
-        run, actor = await start_run(rt.registry, run_request)
-    except (UnknownProvider, InvalidProviderOptions) as exc:
-        return openai_error(400, str(exc), "invalid_request_error", "invalid_request")
+        run, actor = await rt.client.create_run(spec)
     except ConversationBusy as exc:
         return openai_error(409, str(exc), "invalid_request_error", "conversation_busy")
 
-    frames = follow(rt.registry, run.id, 0, actor)
+    frames = rt.client.follow(run.id, 0, actor)
 
     def on_finish(completed: bool) -> None:
         if not completed and not chat.background:
-            rt.registry.cancel.remote(run.id)  # the client went away: a foreground run ends
+            rt.client.cancel_soon(run.id)  # the client went away: a foreground run ends
 
     # Headers wait for the first content (or the end): a run that fails before it answers
     # with an error status, as OpenAI does.

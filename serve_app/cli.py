@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import ray
 from ray import serve
 
-from rayruns.actors.client import connect_registry
+from rayruns.actors.client import RegistryClient
 from rayruns.serve_app.app import deployment
 from rayruns.serve_app.batch_cli import add_batch_parser, batch_command
 from rayruns.serve_app.settings import Settings
@@ -35,7 +35,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        ray.get(connect_registry(settings.actors, settings.providers).stats.remote())
+        RegistryClient.connect(settings.actors, settings.providers).wait_ready()
         serve.start(http_options={"host": settings.serve.host, "port": settings.serve.port})
         serve.run(deployment(settings), name=settings.serve.app_name, route_prefix="/")
         log.info("rayruns is serving on http://%s:%d", settings.serve.host, settings.serve.port)

@@ -14,9 +14,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rayruns.actors.client import UnknownRun
 from rayruns.actors.registry import ConversationBusy
-from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
+from rayruns.actors.spec import INVALID_PROVIDER_OPTIONS, UNKNOWN_PROVIDER
 
 log = logging.getLogger(__name__)
+
+SPEC_CHECKS = (UNKNOWN_PROVIDER, INVALID_PROVIDER_OPTIONS)
 
 
 class ApiError(Exception):
@@ -40,8 +42,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     parts = []
     for err in errors:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return 422, "; ".join(parts)
+        msg = err.get("msg", "invalid")
+        # The model and its options are named in the message itself.
+        parts.append(msg if err.get("type") in SPEC_CHECKS else f"{loc or 'body'}: {msg}")
+    # A model naming no provider is a bad request, not a body that fails its schema.
+    status = 400 if any(err.get("type") == UNKNOWN_PROVIDER for err in errors) else 422
+    return status, "; ".join(parts)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -58,12 +64,6 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         return error_response(exc.status_code, str(exc.detail))
 
-    async def on_unknown_provider(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(400, str(exc))
-
-    async def on_invalid_options(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(422, str(exc))
-
     async def on_busy(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ConversationBusy)
         return error_response(409, str(exc), run_id=exc.run_id)
@@ -78,8 +78,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
-    app.add_exception_handler(UnknownProvider, on_unknown_provider)
-    app.add_exception_handler(InvalidProviderOptions, on_invalid_options)
     app.add_exception_handler(ConversationBusy, on_busy)
     app.add_exception_handler(UnknownRun, on_unknown_run)
     app.add_exception_handler(RayActorError, on_ray_down)

@@ -9,12 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from rayruns.actors.client import find_run, follow, start_run
+from rayruns.actors.client import RegistryClient
 from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
-from rayruns.actors.records import ID_MAX, Run, RunRequest, RunStatus, check_message_types
-from rayruns.actors.remote import ActorHandle
-from rayruns.providers.catalog import split_model
+from rayruns.actors.records import Run, RunStatus
+from rayruns.actors.spec import ID_MAX
 from rayruns.serve_app.errors import ApiError
+from rayruns.serve_app.run_body import RunBody, check_message_types
 from rayruns.serve_app.settings import ServeSettings
 from rayruns.serve_app.sse import ClosingEventSourceResponse, FrameEncoder, sse_body, wanted
 
@@ -24,8 +24,8 @@ router = APIRouter(prefix="/v1")
 class Runtime:
     """What the routes need, built once per replica."""
 
-    def __init__(self, registry: ActorHandle, settings: ServeSettings) -> None:
-        self.registry = registry
+    def __init__(self, client: RegistryClient, settings: ServeSettings) -> None:
+        self.client = client
         self.settings = settings
 
 
@@ -35,7 +35,7 @@ def runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
-RunId = Annotated[str, Path(max_length=ID_MAX, description="a run id, as `POST /v1/runs` gave")]
+RunIdPath = Annotated[str, Path(max_length=ID_MAX, description="a run id, as `POST /v1/runs` gave")]
 
 
 def _run_json(run: Run) -> dict[str, Any]:
@@ -44,15 +44,14 @@ def _run_json(run: Run) -> dict[str, Any]:
 
 
 @router.post("/runs", response_model=None)
-async def create_run(body: RunRequest, rt: RuntimeDep) -> Response:
-    split_model(body.model)  # unknown provider: 400 before anything is stored
-    run, actor = await start_run(rt.registry, body)
+async def create_run(body: RunBody, rt: RuntimeDep) -> Response:
+    run, actor = await rt.client.create_run(body)
     headers = {"X-Run-Id": run.id}
-    frames = follow(rt.registry, run.id, 0, actor)
+    frames = rt.client.follow(run.id, 0, actor)
 
     def on_finish(completed: bool) -> None:
         if not completed and not body.background:
-            rt.registry.cancel.remote(run.id)  # the client went away: a foreground run ends
+            rt.client.cancel_soon(run.id)  # the client went away: a foreground run ends
 
     if not body.stream:
         return await _collected(
@@ -76,21 +75,21 @@ async def list_runs(
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[dict[str, Any]]:
-    runs: list[Run] = await rt.registry.list_runs.remote(conversation_id, status, limit)
+    runs = await rt.client.list_runs(conversation_id, status, limit)
     return [_run_json(r) for r in runs]
 
 
 @router.get("/runs/{run_id}")
-async def get_run(run_id: RunId, rt: RuntimeDep) -> dict[str, Any]:
-    run: Run | None = await rt.registry.get.remote(run_id)
+async def get_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
+    run = await rt.client.get(run_id)
     if run is None:
         raise ApiError(404, f"no run {run_id!r}")
     return _run_json(run)
 
 
 @router.post("/runs/{run_id}/cancel")
-async def cancel_run(run_id: RunId, rt: RuntimeDep) -> dict[str, Any]:
-    run: Run | None = await rt.registry.cancel.remote(run_id)
+async def cancel_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
+    run = await rt.client.cancel(run_id)
     if run is None:
         raise ApiError(404, f"no run {run_id!r}")
     return _run_json(run)
@@ -98,7 +97,7 @@ async def cancel_run(run_id: RunId, rt: RuntimeDep) -> dict[str, Any]:
 
 @router.get("/runs/{run_id}/stream", response_model=None)
 async def stream_run(
-    run_id: RunId,
+    run_id: RunIdPath,
     rt: RuntimeDep,
     starting_after: Annotated[int | None, Query(ge=0)] = None,
     include_pings: bool = True,
@@ -110,8 +109,8 @@ async def stream_run(
         types = check_message_types(include_return_message_types)
     except ValueError as exc:
         raise ApiError(422, f"include_return_message_types: {exc}") from None
-    _, actor = await find_run(rt.registry, run_id)
-    frames = follow(rt.registry, run_id, after, actor)
+    _, actor = await rt.client.source(run_id)
+    frames = rt.client.follow(run_id, after, actor)
     return _sse(rt, run_id, frames, include_pings, types, {"X-Run-Id": run_id}, None)
 
 
@@ -163,7 +162,8 @@ async def _collected(
         finished = True
     finally:
         on_finish(finished)
-    run: Run = await rt.registry.wait_terminal.remote(run_id)
+    run = await rt.client.wait_terminal(run_id)
+    assert run is not None, "a started run has a record"
     messages = [
         json.loads(f.data) for f in logged if f.message_type in CONTENT_TYPES and wanted(f, types)
     ]

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-DONE = ServerSentEvent(data="[DONE]").encode()
+DONE_EVENT = ServerSentEvent(data="[DONE]").encode()
 KEEPALIVE = ServerSentEvent(comment="keep-alive").encode()
 
 
@@ -102,7 +102,7 @@ async def sse_body(
             if chunk:
                 yield chunk
         completed = True
-        yield DONE
+        yield DONE_EVENT
     finally:
         # First, before any await here can be interrupted by a second cancel.
         if on_finish is not None:

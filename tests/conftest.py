@@ -16,7 +16,7 @@ import ray
 from pydantic import SecretStr
 from ray import serve
 
-from rayruns.actors.client import connect_registry
+from rayruns.actors.client import RegistryClient
 from rayruns.serve_app.app import deployment
 from rayruns.serve_app.settings import Settings
 from tests.providers.support import API_KEY
@@ -72,10 +72,10 @@ def ray_session(settings: Settings) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def registry(ray_session: None, settings: Settings) -> Any:
-    handle = connect_registry(settings.actors, settings.providers)
-    ray.get(handle.stats.remote())
-    return handle
+def registry(ray_session: None, settings: Settings) -> RegistryClient:
+    client = RegistryClient.connect(settings.actors, settings.providers)
+    client.wait_ready()
+    return client
 
 
 @pytest.fixture(scope="session")
@@ -173,20 +173,20 @@ def assert_well_formed(events: list[Event]) -> None:
         assert kinds[-3] == "error" and kinds.count("error") == 1
 
 
-async def wait_terminal(registry: Any, run_id: str, timeout_s: float = 30) -> Any:
-    run = await registry.wait_terminal.remote(run_id, timeout_s)
+async def wait_terminal(registry: RegistryClient, run_id: str, timeout_s: float = 30) -> Any:
+    run = await registry.wait_terminal(run_id, timeout_s)
     assert run is not None and run.terminal, run
     return run
 
 
-async def settled_actor_names(registry: Any, namespace: str) -> dict[str, list[str]]:
+async def settled_actor_names(registry: RegistryClient, namespace: str) -> dict[str, list[str]]:
     """The registry's view of run actors, once every other named run actor has exited.
 
     Ray ends actors asynchronously (a trimmed spare, a killed one): nothing to await but its
     name's disappearance, so this polls with a deadline.
     """
     for _ in range(200):
-        names: dict[str, list[str]] = await registry.actor_names.remote()
+        names = await registry.actor_names()
         known = set(names["idle"]) | set(names["warming"]) | set(names["busy"])
         if run_actor_names(namespace) <= known:
             return names

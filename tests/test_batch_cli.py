@@ -2,12 +2,11 @@
 
 Each Ray-starting invocation costs a few seconds (more with many cold run actors), so there are
 four of them, three at a low concurrency; each is followed by a check that none of its Ray
-processes outlived it. The runner's give-up path is tested in process, with stuck fakes.
+processes outlived it. The engine's give-up path is in tests/test_batch_engine.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -22,16 +21,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import psutil
 import pytest
-
-from rayruns.actors.records import RunRequest
-from rayruns.serve_app.batch_files import Item, ResultLog
-from rayruns.serve_app.batch_progress import PlainDisplay, Tally
-from rayruns.serve_app.batch_runner import BatchRunner
 
 RAYRUNS = Path(sys.executable).with_name("rayruns")
 FAILS = ["timeout", "rate_limit", "auth", "bad_request", "error"]
@@ -356,62 +349,3 @@ def test_usage_errors_exit_2_before_anything_runs(
         assert out.read_text() == "some notes\n"
     else:
         assert not out.exists()
-
-
-# -- giving up on a cancel that does not return (in process, no Ray) ---------------------------
-
-
-class StuckRuns:
-    """Runs whose results never come and whose cancels never return, like a registry gone
-    silent; `registry.cancel.remote` records the fire-and-forget cancels."""
-
-    def __init__(self, started_enough: int) -> None:
-        self.started: list[str] = []
-        self.cancelling: list[str] = []
-        self.sent_cancels: list[str] = []
-        self.registry = SimpleNamespace(cancel=SimpleNamespace(remote=self.sent_cancels.append))
-        self.all_started = asyncio.Event()
-        self.all_cancelling = asyncio.Event()
-        self._enough = started_enough
-
-    async def start(self, request: Any) -> Any:
-        run_id = f"run-{len(self.started)}"
-        self.started.append(run_id)
-        if len(self.started) == self._enough:
-            self.all_started.set()
-        return SimpleNamespace(run_id=run_id, result=self._forever, cancel=self._cancel(run_id))
-
-    async def _forever(self, id: Any) -> Any:
-        await asyncio.Event().wait()
-
-    def _cancel(self, run_id: str) -> Any:
-        async def cancel() -> None:
-            self.cancelling.append(run_id)
-            if len(self.cancelling) == len(self.started):
-                self.all_cancelling.set()
-            await asyncio.Event().wait()
-
-        return cancel
-
-
-@pytest.mark.parametrize("how", ["second ctrl-c", "grace passes"])
-async def test_a_stuck_cancel_is_abandoned_but_still_sent(tmp_path: Path, how: str) -> None:
-    runs = StuckRuns(started_enough=3)
-    out = ResultLog.open(tmp_path / "out.jsonl", set())
-    runner = BatchRunner(runs, out, PlainDisplay(Tally(total=5), 60), concurrency=3)
-    body = RunRequest.model_validate(request("x"))
-    items = iter([Item(n, n, body) for n in range(1, 6)])
-    force = asyncio.Event()
-    grace_s = 60 if how == "second ctrl-c" else 0.2
-    work = asyncio.create_task(runner.run(items, force, grace_s))
-    await asyncio.wait_for(runs.all_started.wait(), 5)
-    runner.stopping.set()
-    await asyncio.wait_for(runs.all_cancelling.wait(), 5)
-    if how == "second ctrl-c":
-        force.set()
-    await asyncio.wait_for(work, 5)
-    out.close()
-    assert runs.started == ["run-0", "run-1", "run-2"]  # nothing new once stopping
-    assert sorted(runs.sent_cancels) == runs.started
-    assert (tmp_path / "out.jsonl").read_text() == ""
-    assert runner.tally.running == 0

@@ -55,7 +55,7 @@ async def test_cancel_of_a_silent_vendor_closes_the_connection(
         assert frames(rest)[-2]["stop_reason"] == "cancelled"
     finally:
         await cm.__aexit__(None, None, None)
-    (ending,) = await registry.stream_endings.remote(stream.run_id)
+    (ending,) = await registry.stream_endings(stream.run_id)
     assert ending["outcome"] == "cancelled" and ending["upstream_closed"]
     assert ending["cancelled_at"] == "await"
 
@@ -82,15 +82,15 @@ async def test_a_missing_key_fails_without_the_network(
     http: httpx.AsyncClient, settings: Any
 ) -> None:
     # The session's settings carry keys; a run actor built without one must refuse at once.
-    from rayruns.actors.records import RunRequest
     from rayruns.actors.remote import new_run_actor
+    from rayruns.actors.spec import RunSpec
     from rayruns.providers.settings import ProviderSettings
 
     bare = ProviderSettings(_env_file=None, openai_api_key=None)  # type: ignore[call-arg]
     actor = new_run_actor("rayruns-actor-test-no-key", settings.actors, bare)
     try:
-        request = RunRequest(model="openai/text", messages=[{"role": "user", "content": "x"}])
-        await actor.start.remote("run-no-key", request)
+        spec = RunSpec(model="openai/text", messages=[{"role": "user", "content": "x"}])
+        await actor.start.remote("run-no-key", spec)
         result = await actor.result.remote("run-no-key")
         assert result.outcome.error.error_type == "llm_authentication"
         assert "OPENAI_API_KEY" in result.outcome.error.message

@@ -13,4 +13,4 @@ from tests.conftest import settled_actor_names
 async def test_no_run_or_run_actor_is_left_behind(registry: Any, settings: Any) -> None:
     names = await settled_actor_names(registry, settings.actors.namespace)
     assert names["busy"] == [], f"runs still live after the suite: {names['busy']}"
-    assert (await registry.stats.remote())["live_runs"] == 0
+    assert (await registry.stats())["live_runs"] == 0
