@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from rayruns.providers.base import Message
+from rayruns.providers.base import JsonInt, Message
 from rayruns.providers.catalog import parse_options, split_model
 from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
 
@@ -43,13 +43,14 @@ class RunSpec(BaseModel):
     exists can be run: the registry and the run actor never check it again.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict, as the JSON schema says: no `"3"` for 3, no `0` for false.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     model: str = Field(default="fake/echo", min_length=1, max_length=256)
     messages: list[Message] = Field(min_length=1, max_length=10_000)
     stream_tokens: bool = True
     background: bool = False
-    max_steps: int = Field(default=10, ge=1, le=1000)
+    max_steps: JsonInt = Field(default=10, ge=1, le=1000)
     conversation_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX)
     provider_options: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)

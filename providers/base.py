@@ -13,9 +13,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from rayruns.providers.settings import ProviderSettings
 
@@ -25,7 +25,7 @@ Role = Literal["system", "user", "assistant"]
 class Message(BaseModel):
     """One input message."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     role: Role
     content: str = Field(max_length=4 * 1024 * 1024)
@@ -130,13 +130,24 @@ class StreamGuard:
             ending.outcome, ending.error = "failed", type(exc).__name__
 
 
+def integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Request models are strict (no "1" for 1, no 0 for false), as their JSON schema says; JSON
+# Schema counts 3.0 as an integer, so integral floats are integers here too.
+JsonInt = Annotated[int, BeforeValidator(integral)]
+Count = Annotated[int, Field(ge=0), BeforeValidator(integral)]
+PositiveCount = Annotated[int, Field(ge=1), BeforeValidator(integral)]
+
+
 class CommonOptions(BaseModel):
     """Options every provider maps onto its API."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: PositiveCount | None = None
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: list[str] | str | None = None
 

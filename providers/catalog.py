@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from functools import cache
 
 from pydantic import BaseModel, ValidationError
@@ -19,6 +20,8 @@ _MODULES: dict[str, str] = {
 }
 
 PROVIDER_NAMES = tuple(_MODULES)
+MODEL_NAME_PATTERN = r"[!-~]+"
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -29,6 +32,10 @@ def split_model(model: str) -> tuple[str, str]:
         raise UnknownProvider(f"unknown provider {provider!r} in model {model!r}; known: {known}")
     if not sep or not name:
         raise UnknownProvider(f"model {model!r} must be '<provider>/<model name>'")
+    if not _MODEL_NAME.fullmatch(name):
+        raise UnknownProvider(
+            f"model name {name!r} must be printable ASCII without spaces (it goes into URLs)"
+        )
     return provider, name
 
 

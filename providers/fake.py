@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rayruns.providers.base import (
     CommonOptions,
+    Count,
+    JsonInt,
     Provider,
     ProviderCall,
     ProviderEvent,
@@ -57,8 +59,8 @@ class FakeOptions(CommonOptions):
     chunk: Literal["word", "char"] = "word"
     reasoning: str | None = Field(default=None, max_length=4 * 1024 * 1024)
     fail: FailKind | None = None
-    fail_after: int = Field(default=0, ge=0)
-    hang_after: int | None = Field(default=None, ge=0)
+    fail_after: JsonInt = Field(default=0, ge=0)
+    hang_after: Count | None = None
     tool_call: FakeToolCall | None = None
     # Benchmarks: each text chunk becomes `time.time()` when it is produced ("<seconds> "),
     # so a client can measure how long the frame took to reach it.

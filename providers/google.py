@@ -170,11 +170,14 @@ async def _close_clients(clients: _Clients) -> None:
 
 
 def _contents(call: ProviderCall) -> list[types.ContentDict]:
-    return [
+    contents: list[types.ContentDict] = [
         {"role": "model" if m.role == "assistant" else "user", "parts": [{"text": m.content}]}
         for m in call.messages
         if m.role != "system"
     ]
+    if not contents:  # the SDK would raise a bare ValueError before any request
+        raise ProviderBadRequest("Gemini needs at least one user or assistant message")
+    return contents
 
 
 def _config(call: ProviderCall, opts: GoogleOptions) -> types.GenerateContentConfig:

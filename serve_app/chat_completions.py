@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
 from rayruns.actors.records import Run
 from rayruns.actors.registry import ConversationBusy
 from rayruns.actors.spec import ID_MAX, RunSpec, describe
+from rayruns.providers.base import PositiveCount, integral
+from rayruns.serve_app.openapi import CHUNK_EVENTS, answers
 from rayruns.serve_app.runs import runtime
 from rayruns.serve_app.sse import ClosingEventSourceResponse, JsonEventEncoder, sse_body
 
@@ -36,25 +38,29 @@ _ERRORS: dict[str, tuple[int, str]] = {
 }
 
 
+class TextPart(BaseModel):
+    """A content part; only text parts are supported."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError("only text content parts are supported")
-            parts.append(part["text"])
-        return "".join(parts)
+        return "".join(part.text for part in self.content)
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool = False
 
@@ -62,24 +68,25 @@ class StreamOptions(BaseModel):
 class ChatRequest(BaseModel):
     """The Chat Completions body; rayruns fields arrive through the client's `extra_body`."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: `"stream": 0` or `"background": "yes"` is refused, as the schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    top_p: float | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: PositiveCount | None = None
+    max_completion_tokens: PositiveCount | None = None
+    top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
-    n: Literal[1] = 1
+    n: Annotated[Literal[1], BeforeValidator(integral)] = 1
     user: str | None = None
     # rayruns
     provider_options: dict[str, Any] = Field(default_factory=dict)
     background: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
-    conversation_id: str | None = Field(default=None, max_length=ID_MAX)
+    conversation_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX)
 
     def to_spec(self) -> RunSpec:
         """The run this completion is; raises ValidationError (also for the model, options)."""
@@ -208,7 +215,11 @@ async def _chain(
         await rest.aclose()
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses=answers(400, 401, 409, 413, 429, 502, 503, 504, sse=CHUNK_EVENTS, openai_errors=True),
+)
 async def chat_completions(request: Request) -> Response:
     rt = runtime(request)
     try:

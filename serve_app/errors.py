@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import RayActorError, RaySystemError
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rayruns.actors.client import UnknownRun
@@ -31,8 +33,10 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"detail": message, **extra}, status_code=status)
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
@@ -60,9 +64,12 @@ def install_error_handlers(app: FastAPI) -> None:
         status, message = _validation_message(exc)
         return error_response(status, message, errors=_jsonable(exc.errors()))
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        return error_response(exc.status_code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
 
     async def on_busy(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ConversationBusy)
@@ -82,6 +89,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnknownRun, on_unknown_run)
     app.add_exception_handler(RayActorError, on_ray_down)
     app.add_exception_handler(RaySystemError, on_ray_down)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method of this path, as the OpenAPI document lists them (Starlette's 405 names
+    only the first route that matched the path)."""
+    path = request.scope["path"]
+    for template, operations in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].match(path):
+            return ", ".join(sorted(method.upper() for method in operations))
+    return ""
 
 
 def _jsonable(errors: Any) -> list[dict[str, Any]]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from typing import Annotated
+
+from pydantic import Field, field_validator
 
 from rayruns.actors.frames import CONTENT_TYPES
 from rayruns.actors.spec import RunSpec
+
+# Checked by `check_message_types` (its message names the unknown ones); the enum is for the schema.
+MessageTypes = list[Annotated[str, Field(json_schema_extra={"enum": sorted(CONTENT_TYPES)})]]
 
 
 class RunBody(RunSpec):
@@ -13,7 +18,7 @@ class RunBody(RunSpec):
 
     stream: bool = True
     include_pings: bool = True
-    include_return_message_types: list[str] | None = None
+    include_return_message_types: MessageTypes | None = None
 
     @field_validator("include_return_message_types")
     @classmethod

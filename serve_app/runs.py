@@ -14,7 +14,8 @@ from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
 from rayruns.actors.records import Run, RunStatus
 from rayruns.actors.spec import ID_MAX
 from rayruns.serve_app.errors import ApiError
-from rayruns.serve_app.run_body import RunBody, check_message_types
+from rayruns.serve_app.openapi import RUN_EVENTS, answers
+from rayruns.serve_app.run_body import MessageTypes, RunBody, check_message_types
 from rayruns.serve_app.settings import ServeSettings
 from rayruns.serve_app.sse import ClosingEventSourceResponse, FrameEncoder, sse_body, wanted
 
@@ -43,7 +44,9 @@ def _run_json(run: Run) -> dict[str, Any]:
     return data
 
 
-@router.post("/runs", response_model=None)
+@router.post(
+    "/runs", response_model=None, responses=answers(400, 409, 413, 422, 503, sse=RUN_EVENTS)
+)
 async def create_run(body: RunBody, rt: RuntimeDep) -> Response:
     run, actor = await rt.client.create_run(body)
     headers = {"X-Run-Id": run.id}
@@ -68,7 +71,7 @@ async def create_run(body: RunBody, rt: RuntimeDep) -> Response:
     )
 
 
-@router.get("/runs")
+@router.get("/runs", responses=answers(422, 503))
 async def list_runs(
     rt: RuntimeDep,
     conversation_id: Annotated[str | None, Query(max_length=ID_MAX)] = None,
@@ -79,7 +82,7 @@ async def list_runs(
     return [_run_json(r) for r in runs]
 
 
-@router.get("/runs/{run_id}")
+@router.get("/runs/{run_id}", responses=answers(404, 422, 503))
 async def get_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
     run = await rt.client.get(run_id)
     if run is None:
@@ -87,7 +90,7 @@ async def get_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
     return _run_json(run)
 
 
-@router.post("/runs/{run_id}/cancel")
+@router.post("/runs/{run_id}/cancel", responses=answers(404, 413, 422, 503))
 async def cancel_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
     run = await rt.client.cancel(run_id)
     if run is None:
@@ -95,16 +98,24 @@ async def cancel_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
     return _run_json(run)
 
 
-@router.get("/runs/{run_id}/stream", response_model=None)
+@router.get(
+    "/runs/{run_id}/stream",
+    response_model=None,
+    responses=answers(400, 404, 422, 503, sse=RUN_EVENTS, json_ok=False),
+)
 async def stream_run(
     run_id: RunIdPath,
     rt: RuntimeDep,
     starting_after: Annotated[int | None, Query(ge=0)] = None,
     include_pings: bool = True,
-    include_return_message_types: Annotated[list[str] | None, Query()] = None,
-    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+    include_return_message_types: Annotated[MessageTypes | None, Query()] = None,
+    # A seq_id; read by hand so that a bad one is a 400, as the contract says.
+    last_event_id: Annotated[
+        str | None, Header(max_length=32, json_schema_extra={"type": "integer", "minimum": 0})
+    ] = None,
 ) -> Response:
-    after = starting_after if starting_after is not None else _cursor(last_event_id)
+    resumed = _cursor(last_event_id)  # checked even when the query names the cursor
+    after = starting_after if starting_after is not None else resumed
     try:
         types = check_message_types(include_return_message_types)
     except ValueError as exc:
