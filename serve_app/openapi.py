@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from rayruns.actors.frames import FRAME_ADAPTER
@@ -57,6 +58,12 @@ _WHY: dict[int, str] = {
 }
 
 SSE = "text/event-stream"
+
+
+class EventStream(Response):
+    """For the document only: a route that answers nothing but an event stream."""
+
+    media_type = SSE
 
 
 def _sse_event(data: dict[str, Any], events: list[str]) -> dict[str, Any]:
