@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from rayruns.actors.frames import FRAME_ADAPTER
@@ -58,12 +57,7 @@ _WHY: dict[int, str] = {
 }
 
 SSE = "text/event-stream"
-
-
-class EventStream(Response):
-    """For the document only: a route that answers nothing but an event stream."""
-
-    media_type = SSE
+_SSE_ONLY = "x-sse-only"
 
 
 def _sse_event(data: dict[str, Any], events: list[str]) -> dict[str, Any]:
@@ -99,6 +93,8 @@ def answers(
     if sse is not None:
         content[SSE] = {"schema": sse}
     out: dict[int | str, dict[str, Any]] = {200: {"description": "OK", "content": content}}
+    if not json_ok:  # FastAPI adds its JSON default to every 200: `install_openapi` drops it
+        out[200][_SSE_ONLY] = True
     if ok is not None:
         out[200]["model"] = ok
     for status in statuses:
@@ -188,6 +184,9 @@ def install_openapi(app: FastAPI, chat_body: type[BaseModel]) -> None:
             body["allOf"] = _options_by_model()
         for item in doc["paths"].values():
             for operation in item.values():
+                ok = operation["responses"].get("200", {})
+                if ok.pop(_SSE_ONLY, False):
+                    ok["content"].pop("application/json", None)
                 for param in operation.get("parameters", ()):
                     _not_null(param)
         schemas.pop("HTTPValidationError", None)

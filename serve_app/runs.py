@@ -14,7 +14,7 @@ from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
 from rayruns.actors.records import Run, RunStatus
 from rayruns.actors.spec import ID_MAX
 from rayruns.serve_app.errors import ApiError
-from rayruns.serve_app.openapi import RUN_EVENTS, EventStream, answers
+from rayruns.serve_app.openapi import RUN_EVENTS, answers
 from rayruns.serve_app.run_body import MessageTypes, RunBody, check_message_types
 from rayruns.serve_app.settings import ServeSettings
 from rayruns.serve_app.sse import ClosingEventSourceResponse, FrameEncoder, sse_body, wanted
@@ -101,7 +101,6 @@ async def cancel_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
 @router.get(
     "/runs/{run_id}/stream",
     response_model=None,
-    response_class=EventStream,
     responses=answers(400, 404, 422, 503, sse=RUN_EVENTS, json_ok=False),
 )
 async def stream_run(
