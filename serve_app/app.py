@@ -10,6 +10,7 @@ from ray import serve
 from rayruns.actors.client import RegistryClient
 from rayruns.serve_app import chat_completions
 from rayruns.serve_app.errors import BodyLimit, error_response, install_error_handlers
+from rayruns.serve_app.page import mount_page
 from rayruns.serve_app.runs import Runtime, router
 from rayruns.serve_app.settings import ServeSettings, Settings
 
@@ -20,6 +21,7 @@ def build_api(client: RegistryClient, settings: ServeSettings) -> FastAPI:
     install_error_handlers(api)
     api.include_router(router)
     api.include_router(chat_completions.router)
+    mount_page(api)
 
     @api.get("/healthz", response_model=None)
     async def healthz() -> Any:
