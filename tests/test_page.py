@@ -10,12 +10,14 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from rayruns import AsyncClient
 from rayruns.serve_app.settings import Settings
+from tests.conftest import wait_terminal
 from tests.cutting_proxy import CuttingProxy
 
 CHROMIUM = "/usr/bin/chromium"
@@ -229,3 +231,19 @@ async def test_a_cut_stream_reconnects_with_last_event_id_without_gap_or_duplica
     assert int(resumed.headers["last-event-id"]) >= cut_at >= 1
     await expect(view).to_have_attribute("data-reconnects", "1")
     assert await page.evaluate(ASSISTANT_TEXT) == WORDS
+
+
+async def test_a_foreground_run_started_in_the_page_ends_when_the_page_closes(
+    page: Page, registry: Any
+) -> None:
+    await page.goto("/")
+    await page.uncheck("#start-background")
+    await page.fill("#start-options", '{"hang_after": 1}')
+    await page.click("#start-button")
+    view = page.locator("#run-view")
+    await expect(view).to_have_attribute("data-last-seq", "1")
+    run_id = await view.get_attribute("data-run-id")
+    assert run_id is not None
+    await page.close()  # the POST that holds a foreground run goes with the page
+    run = await wait_terminal(registry, run_id)
+    assert run.status == "cancelled" and not run.background
