@@ -23,7 +23,7 @@ from rayruns.client import (
 from rayruns.serve_app.settings import Settings
 from tests.cutting_proxy import CuttingProxy, RequestHead
 
-WORDS = " ".join(f"w{i}" for i in range(12))
+WORDS = " ".join(f"w{i}" for i in range(20))
 SLOW = {"delay_s": 0.2}  # a run that is still going when a test cuts it after a few frames
 
 
