@@ -14,8 +14,12 @@ $(VENV)/.run-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[providers]'
 	touch $@
 
+# The browser tests drive Debian's chromium (Playwright cannot download a browser here).
+CHROMIUM := /usr/bin/chromium
+
 $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,bench]'
+	test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $@ $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps

@@ -1,8 +1,9 @@
 """rayruns: LLM runs as Ray actors, streamed over SSE through Ray Serve, cancelled reliably.
 
 Scripts use the Python API (`Runs`, `RunSpec`, `RunHandle`, `RunResult`); the HTTP server is
-`rayruns serve`. Names are loaded on first use, so importing one layer (e.g. `rayruns.providers`
-inside a run actor) does not import the others.
+`rayruns serve`; `Client` and `AsyncClient` talk to it over HTTP, without Ray. Names are
+loaded on first use, so importing one layer (e.g. `rayruns.providers` inside a run actor) does
+not import the others.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ if TYPE_CHECKING:
     from rayruns.actors.runs import Runs
     from rayruns.actors.settings import ActorSettings
     from rayruns.actors.spec import RunSpec
+    from rayruns.client import AsyncClient, Client
     from rayruns.providers.settings import ProviderSettings
 
 __all__ = [
     "ActorSettings",
+    "AsyncClient",
     "BatchEngine",
     "BatchItem",
+    "Client",
     "ConversationBusy",
     "Frame",
     "ProviderSettings",
@@ -43,8 +47,10 @@ __all__ = [
 
 _WHERE = {
     "ActorSettings": "rayruns.actors.settings",
+    "AsyncClient": "rayruns.client",
     "BatchEngine": "rayruns.actors.batch",
     "BatchItem": "rayruns.actors.batch",
+    "Client": "rayruns.client",
     "ConversationBusy": "rayruns.actors.registry",
     "Frame": "rayruns.actors.frames",
     "ProviderSettings": "rayruns.providers.settings",

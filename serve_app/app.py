@@ -11,6 +11,7 @@ from rayruns.actors.client import RegistryClient
 from rayruns.serve_app import chat_completions
 from rayruns.serve_app.errors import BodyLimit, error_response, install_error_handlers
 from rayruns.serve_app.openapi import answers, install_openapi
+from rayruns.serve_app.page import mount_page
 from rayruns.serve_app.runs import Runtime, router
 from rayruns.serve_app.settings import ServeSettings, Settings
 
@@ -22,6 +23,7 @@ def build_api(client: RegistryClient, settings: ServeSettings) -> FastAPI:
     api.include_router(router)
     api.include_router(chat_completions.router)
     install_openapi(api, chat_completions.ChatRequest)
+    mount_page(api)
 
     @api.get("/healthz", response_model=None, responses=answers(503))
     async def healthz() -> Any:

@@ -36,8 +36,10 @@ def test_wheel_has_one_top_level_name(tmp_path: Path) -> None:
         assert zf.read(top_level).decode().split() == ["rayruns"]
     roots = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert roots == {"rayruns"}
-    for layer in ("actors", "providers", "serve_app"):
+    for layer in ("actors", "client", "providers", "serve_app"):
         assert f"rayruns/{layer}/__init__.py" in names
+    for page_file in ("index.html", "app.js", "style.css"):
+        assert f"rayruns/serve_app/static/{page_file}" in names
 
 
 def test_public_names_resolve() -> None:
