@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -29,5 +31,10 @@ class Settings(BaseModel):
     providers: ProviderSettings
 
     @classmethod
-    def from_env(cls) -> Settings:
-        return cls(serve=ServeSettings(), actors=ActorSettings(), providers=ProviderSettings())
+    def from_env(cls, env_file: Path | None = None) -> Settings:
+        """`env_file`: `NAME=value` lines, parsed (never run as shell); the environment wins."""
+        return cls(
+            serve=ServeSettings(_env_file=env_file),
+            actors=ActorSettings(_env_file=env_file),
+            providers=ProviderSettings(_env_file=env_file),
+        )
