@@ -1,10 +1,11 @@
-# rayruns: `make run` serves on 127.0.0.1:8000, `make test` runs the whole suite.
+# rayruns: `make run` serves on 127.0.0.1:8000, `make test` runs the whole suite,
+# `make cluster-test` runs `ray up` of cluster-onprem.yaml against this machine (root, PyPI).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean cluster-test shellcheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +31,19 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The suite shellchecks the cluster configs' commands: install Debian's shellcheck when we can
+# (as root with apt); without it those tests skip and say why.
+shellcheck:
+	@command -v shellcheck >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+	  { apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq shellcheck; }
+
+test: lint shellcheck
 	$(BIN)/pytest -q
+
+# Its own Ray cluster, started by `ray up` over SSH: it cannot share the suite's Ray session.
+cluster-test: $(VENV)/.test-deps
+	$(BIN)/pytest -q -p no:cacheprovider tests_cluster
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench.run

@@ -16,12 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-import ray
 from pydantic import ValidationError
-from ray import serve
 
-from rayruns.actors.client import RegistryClient
-from rayruns.serve_app.app import deployment
 from rayruns.serve_app.batch_cli import add_batch_parser, batch_command
 from rayruns.serve_app.cluster_watch import ClusterWatch
 from rayruns.serve_app.detach import health_url, start_detached
@@ -75,6 +71,13 @@ def _already_running(pid_file: PidFile) -> bool:
 
 
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: `rayruns stop` runs first on every `ray up` and needs none of this.
+    import ray
+    from ray import serve
+
+    from rayruns.actors.client import RegistryClient
+    from rayruns.serve_app.app import deployment
+
     pid_file = _pid_file(args, settings)
     if _already_running(pid_file):
         return 1
@@ -97,6 +100,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+
     def on_cluster_gone() -> None:
         cluster_gone.set()
         stop.set()

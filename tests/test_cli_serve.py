@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.conftest import _free_port
 
@@ -57,3 +58,67 @@ def test_serve_answers_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rayruns.serve_app", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_detach_waits_for_healthz_then_stop_ends_server_and_its_ray(tmp_path: Path) -> None:
+    port = _free_port()
+    env_file = tmp_path / "rayruns.env"  # where it listens comes from the settings file
+    env_file.write_text(
+        f"RAYRUNS_PORT={port}\nRAYRUNS_DB_PATH={tmp_path / 'runs.sqlite3'}\n"
+        "RAYRUNS_NAMESPACE=rayruns-cli-detach-test\nRAYRUNS_POOL_SIZE=1\n"
+    )
+    pid_file, log_file = tmp_path / "serve.pid", tmp_path / "serve.log"
+    common = ["--env-file", str(env_file), "--pid-file", str(pid_file)]
+    started = _cli("serve", "--detach", *common, "--log-file", str(log_file))
+    try:
+        assert started.returncode == 0, started.stderr
+        # It returned once the server answers: no waiting here.
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        server = psutil.Process(int(pid_file.read_text()))
+        children = server.children(recursive=True)
+        assert children, "a local Ray runs under the server"
+
+        again = _cli("serve", "--detach", *common, "--log-file", str(log_file))
+        assert again.returncode == 1 and "already running" in again.stderr
+
+        stopped = _cli("stop", *common)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "stopped" in stopped.stderr
+        assert not server.is_running()
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"left running: {[p.name() for p in alive]}"
+        assert not pid_file.exists()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert _cli("stop", *common).returncode == 0  # nothing to stop is not an error
+    finally:
+        _cli("stop", *common, "--timeout", "5")
+
+
+def test_detach_fails_with_the_log_tail_when_the_server_dies(tmp_path: Path) -> None:
+    pid_file, log_file = tmp_path / "serve.pid", tmp_path / "serve.log"
+    failed = _cli(
+        "serve",
+        "--detach",
+        "--address",
+        "no-such-cluster",
+        "--port",
+        str(_free_port()),
+        "--pid-file",
+        str(pid_file),
+        "--log-file",
+        str(log_file),
+    )
+    assert failed.returncode == 1
+    assert "exited with code 1 before it answered" in failed.stderr
+    assert "Invalid address format: no-such-cluster" in failed.stderr  # the log's tail
+    assert not pid_file.exists()
