@@ -116,6 +116,8 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         log.info("stopping")
     finally:
         watch.stop()
+        if cluster_gone.is_set():  # Ray may end this process itself once its raylet is gone
+            pid_file.remove(os.getpid())
         clean = True
         if not cluster_gone.is_set():  # with the cluster gone there is nothing left to delete
 

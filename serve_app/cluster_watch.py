@@ -21,7 +21,7 @@ class ClusterWatch:
         gcs_address: str,
         on_gone: Callable[[], None],
         interval_s: float = 1.0,
-        misses: int = 3,
+        misses: int = 5,
     ) -> None:
         host, _, port = gcs_address.rpartition(":")
         self._addr = (host.strip("[]"), int(port))
@@ -40,7 +40,7 @@ class ClusterWatch:
 
     def _reachable(self) -> bool:
         try:
-            with socket.create_connection(self._addr, timeout=self._interval_s):
+            with socket.create_connection(self._addr, timeout=2.0):
                 return True
         except OSError:
             return False

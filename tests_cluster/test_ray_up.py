@@ -55,8 +55,9 @@ def _port_open(port: int) -> bool:
 
 def _install_missing_packages() -> None:
     missing = sorted({pkg for path, pkg in PACKAGES.items() if not Path(path).exists()})
-    venv_ok = subprocess.run(["/usr/bin/python3", "-c", "import ensurepip"], capture_output=True)
-    if venv_ok.returncode != 0:
+    # The node's Python: Debian's, with venv (the user cannot reach this checkout's Python).
+    python = Path("/usr/bin/python3")
+    if not python.exists() or subprocess.run([python, "-c", "import ensurepip"]).returncode:
         missing.append("python3-venv")
     if not missing:
         return
@@ -87,6 +88,8 @@ class Node:
         for p in self.user_processes():
             try:
                 cmd = p.cmdline()
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    continue
             except psutil.Error:
                 continue
             if "rayruns.serve_app" in cmd and "serve" in cmd and "--detach" not in cmd:
@@ -152,6 +155,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         sshd = _start_sshd(tmp, user, node.ssh_port)
         yield node
     finally:  # the test asserts that `ray down` left nothing; this cleans up after a failure
+        for log in sorted((node.home / ".rayruns").glob("serve.log*")):
+            print(f"--- the end of {log.name} on the head:\n{_tail(log, 80)}")
         leftovers = node.user_processes()
         for p in leftovers:
             p.kill()
@@ -162,6 +167,17 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         _end_ssh_masters(node.key)
         subprocess.run(["userdel", "--remove", user], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tail(path: Path, lines: int) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _end_ssh_masters(key: Path) -> None:
@@ -205,7 +221,7 @@ def ray_cli(*args: str, log: Path) -> None:
             timeout=RAY_UP_TIMEOUT_S,
             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
         ).returncode
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
+    tail = _tail(log, 60)
     assert code == 0, f"`ray {' '.join(args)}` exited {code}:\n{tail}"
 
 
@@ -248,7 +264,7 @@ def test_up_run_update_down(node: Node, config_file: Path) -> None:
         log=node.tmp / "rsync-up.log",
     )
     ray_cli("up", "-y", "--no-config-cache", str(config_file), log=node.tmp / "up-2.log")
-    assert not first.is_running(), "the update left the old server running"
+    assert not _running(first), "the update left the old server running"
     [second] = node.servers()
     assert int(pid_file.read_text()) == second.pid
     assert_serves(port_2)
