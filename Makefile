@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test lint bench clean cluster-test shellcheck
+.PHONY: run test lint bench clean cluster-test test-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,17 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The suite shellchecks the cluster configs' commands: install Debian's shellcheck when we can
-# (as root with apt); without it those tests skip and say why.
-shellcheck:
-	@command -v shellcheck >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
-	  { apt-get -o DPkg::Lock::Timeout=600 update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq shellcheck; }
+# The suite checks the cluster configs with shellcheck and rsync: install Debian's packages when
+# we can (as root with apt); without them those tests skip and say why.
+TEST_TOOLS := shellcheck rsync
+test-tools:
+	@missing=$$(for t in $(TEST_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
+	fi
 
-test: lint shellcheck
+test: lint test-tools
 	$(BIN)/pytest -q
 
 # Its own Ray cluster, started by `ray up` over SSH: it cannot share the suite's Ray session.

@@ -204,9 +204,8 @@ def config_file(node: Node) -> Iterator[Path]:
     path = node.tmp / "cluster.yaml"
     path.write_text(yaml.safe_dump(config))
     yield path
-    state = Path("/tmp/ray") / f"cluster-{config['cluster_name']}.state"
-    state.unlink(missing_ok=True)
-    Path(f"{state}.lock").unlink(missing_ok=True)
+    for suffix in ("state", "lock"):  # the local provider's record of the cluster, on our side
+        (Path("/tmp/ray") / f"cluster-{config['cluster_name']}.{suffix}").unlink(missing_ok=True)
 
 
 def ray_cli(*args: str, log: Path) -> None:
