@@ -116,7 +116,8 @@ class RunActor:
             stop = "cancelled"
         except ProviderError as exc:
             stop = "llm_api_error"
-            error = RunError(error_type=exc.error_type, message=exc.message, detail=exc.detail)
+            detail = exc.detail.model_dump()
+            error = RunError(error_type=exc.error_type, message=exc.message, detail=detail)
         except Exception as exc:
             log.exception("run %s failed inside the runtime", run_id)
             stop = "error"

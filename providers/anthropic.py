@@ -3,41 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from rayruns.providers._vendor import (
-    LoopClient,
-    VendorOptions,
-    close_quietly,
-    connection_error,
-    incomplete,
-    require_key,
-    status_error,
-    stream_error,
-    wire_error,
-)
-from rayruns.providers.base import (
-    Provider,
-    ProviderCall,
-    ProviderEvent,
-    ReasoningDelta,
-    RunCancelled,
-    StreamGuard,
-    TextDelta,
-    TokenUsage,
-    ToolCall,
-)
-from rayruns.providers.errors import ProviderError
-from rayruns.providers.settings import ProviderSettings
+from rayruns.providers._vendor import StainlessProvider, StreamReader, system_text
+from rayruns.providers.base import ProviderCall, ProviderEvent, ReasoningDelta, TextDelta, ToolCall
+from rayruns.providers.options import VendorOptions
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic, AsyncStream
     from anthropic.types import MessageDeltaUsage, MessageParam, RawMessageStreamEvent, Usage
 
-_KEY_VARIABLES = "RAYRUNS_ANTHROPIC_API_KEY or ANTHROPIC_API_KEY"
 DEFAULT_MAX_TOKENS = 4096
 
 # The status each error type stands for, for errors sent inside a 200 stream (`event: error`).
@@ -56,68 +32,19 @@ _ERROR_STATUS = {
 
 
 class AnthropicOptions(VendorOptions):
-    """The common options, plus any Messages parameter (`thinking`, `tools`, `tool_choice`,
-    `top_k`, `metadata`, ...), sent in the request body as given. `max_tokens` defaults to 4096,
-    since the API requires it; `stop` is sent as `stop_sequences`; system messages as `system`.
+    """The common options, plus the Messages parameters in `passthrough`, sent in the request
+    body as given. `max_tokens` defaults to 4096, since the API requires it; `stop` is sent as
+    `stop_sequences`; system messages as `system`.
     """
 
-    reserved: ClassVar[frozenset[str]] = frozenset(
-        {"model", "messages", "stream", "system", "stop_sequences"}
-        | {"extra_body", "extra_headers", "extra_query", "timeout"}
+    # `MessageCreateParams` of the SDK, less what the provider sets (model, messages, system,
+    # stream), the common options, and the account's scope (`workspace_id`, `user_profile_id`,
+    # which the SDK sends as headers).
+    passthrough: ClassVar[frozenset[str]] = frozenset(
+        {"thinking", "tools", "tool_choice", "output_config", "metadata", "service_tier"}
+        | {"speed", "inference_geo", "cache_control", "container", "diagnostics"}
     )
-
-
-class AnthropicProvider(Provider):
-    """Text, thinking and tool_use blocks; usage from message_start and message_delta."""
-
-    name = "anthropic"
-    options_model = AnthropicOptions
-
-    def __init__(self, settings: ProviderSettings) -> None:
-        super().__init__(settings)
-        self._clients: LoopClient[AsyncAnthropic] = LoopClient(self._build_client, _close_client)
-
-    def _build_client(self) -> AsyncAnthropic:
-        import anthropic
-
-        s = self.settings
-        return anthropic.AsyncAnthropic(
-            api_key=require_key(s.anthropic_api_key, self.name, _KEY_VARIABLES),
-            base_url=s.anthropic_base_url,
-            timeout=anthropic.Timeout(s.provider_timeout_s, connect=s.provider_connect_timeout_s),
-            max_retries=s.provider_max_retries,
-        )
-
-    async def aclose(self) -> None:
-        """Close the cached client and its idle connections."""
-        await self._clients.aclose()
-
-    async def stream(self, call: ProviderCall) -> AsyncGenerator[ProviderEvent, None]:
-        opts = call.options
-        assert isinstance(opts, AnthropicOptions)
-        with StreamGuard(call):
-            response: AsyncStream[RawMessageStreamEvent] | None = None
-            try:
-                key = require_key(self.settings.anthropic_api_key, self.name, _KEY_VARIABLES)
-                client = self._clients.get()
-                with _mapped_errors(key):
-                    response = await client.messages.create(
-                        model=call.model,
-                        max_tokens=opts.max_tokens or DEFAULT_MAX_TOKENS,
-                        messages=_messages(call),
-                        stream=True,
-                        extra_body=_body(call, opts),
-                    )
-                    reader = EventReader(call.usage)
-                    async for event in response:
-                        for out in reader.feed(event):
-                            yield out
-                    if not reader.finished:
-                        raise incomplete(self.name, "message_stop")
-            finally:
-                if response is not None:
-                    await close_quietly(response.close)
-                call.ending.upstream_closed = True
+    vendor_names: ClassVar[dict[str, str]] = {"stop_sequences": "stop"}
 
 
 def _messages(call: ProviderCall) -> list[MessageParam]:
@@ -128,15 +55,10 @@ def _messages(call: ProviderCall) -> list[MessageParam]:
 
 
 def _body(call: ProviderCall, opts: AnthropicOptions) -> dict[str, Any]:
-    # Everything optional goes in the body as is, so the SDK sends exactly what was asked for.
-    system = "\n\n".join(m.content for m in call.messages if m.role == "system")
-    common = {
-        "system": system or None,
-        "temperature": opts.temperature,
-        "top_p": opts.top_p,
-        "stop_sequences": opts.stop_list,
-    }
-    return {**opts.extras, **{k: v for k, v in common.items() if v is not None}}
+    fields = opts.request_fields()
+    fields.pop("max_tokens", None)  # a parameter of its own: the API requires it
+    system = system_text(call)
+    return fields if system is None else {**fields, "system": system}
 
 
 @dataclass
@@ -147,12 +69,13 @@ class _PartialTool:
     initial: object = None
 
 
-class EventReader:
+class EventReader(StreamReader["RawMessageStreamEvent"]):
     """Turns raw Messages events into events; a tool_use block becomes one ToolCall at its stop."""
 
-    def __init__(self, usage: TokenUsage) -> None:
-        self.usage = usage
-        self.finished = False
+    end_marker = "message_stop"
+
+    def __init__(self, call: ProviderCall) -> None:
+        super().__init__(call)
         self._tools: dict[int, _PartialTool] = {}
         self._deltas = 0
 
@@ -207,34 +130,34 @@ def _arguments(tool: _PartialTool) -> str:
     return "".join(tool.arguments) or json.dumps(tool.initial or {})
 
 
-async def _close_client(client: AsyncAnthropic) -> None:
-    await client.close()
+class AnthropicProvider(StainlessProvider["AsyncAnthropic", "RawMessageStreamEvent"]):
+    """Text, thinking and tool_use blocks; usage from message_start and message_delta."""
 
+    name = "anthropic"
+    reader_class = EventReader
+    options_model = AnthropicOptions
+    client_class = "AsyncAnthropic"
 
-@contextmanager
-def _mapped_errors(key: str) -> Iterator[None]:
-    """Every SDK or transport failure, of the request or of the stream, as a ProviderError."""
-    import anthropic
+    async def create(
+        self, client: AsyncAnthropic, call: ProviderCall, options: AnthropicOptions
+    ) -> AsyncStream[RawMessageStreamEvent]:
+        return await client.messages.create(
+            model=call.model,
+            max_tokens=options.max_tokens or DEFAULT_MAX_TOKENS,
+            messages=_messages(call),
+            stream=True,
+            extra_body=_body(call, options),
+            timeout=self.sdk_timeout(options),
+        )
 
-    try:
-        yield
-    except (RunCancelled, ProviderError):
-        raise
-    except anthropic.APIStatusError as exc:
-        message = exc.api_message or exc.message
-        status = exc.status_code
-        if status < 400:  # `event: error` inside a 200 stream: its type says what it means
-            status = _ERROR_STATUS.get(str(exc.type), 0)
-            if not status:
-                raise stream_error("anthropic", message, key) from exc
-        raise status_error("anthropic", status, message, key) from exc
-    except anthropic.APIConnectionError as exc:
-        timed_out = isinstance(exc, anthropic.APITimeoutError)
-        raise connection_error("anthropic", exc, key, timed_out=timed_out) from exc
-    except anthropic.APIError as exc:
-        raise stream_error("anthropic", exc.message, key) from exc
-    except Exception as exc:
-        mapped = wire_error("anthropic", exc, key)
-        if mapped is None:
-            raise
-        raise mapped from exc
+    def vendor_message(self, exc: Any) -> str | None:
+        return (
+            cast("str | None", exc.api_message or exc.message)
+            if hasattr(exc, "api_message")
+            else str(exc.message)
+        )
+
+    def vendor_status(self, exc: Any) -> int | None:
+        if exc.status_code < 400:  # `event: error` inside a 200 stream: its type says what it is
+            return _ERROR_STATUS.get(str(exc.type))
+        return int(exc.status_code)

@@ -1,15 +1,22 @@
-"""Which providers exist, resolved by name; each module is imported only when first used."""
+"""Which providers exist, resolved by name; each module is imported only when first used.
+
+`parse_options` is the one door `provider_options` go through (when a run spec is made);
+`check_limits` adds the limits of the server's settings where a run starts.
+"""
 
 from __future__ import annotations
 
 import importlib
 import re
 from functools import cache
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError, to_json
 
 from rayruns.providers.base import Provider
 from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
+from rayruns.providers.options import MAX_OPTIONS_BYTES, VendorOptions
 from rayruns.providers.settings import ProviderSettings
 
 _MODULES: dict[str, str] = {
@@ -46,16 +53,39 @@ def provider_class(provider: str) -> type[Provider]:
     return cls
 
 
-def parse_options(provider: str, options: dict[str, object]) -> BaseModel:
+def parse_options(provider: str, options: dict[str, Any]) -> BaseModel:
     """Validate `provider_options` for `provider`; raises InvalidProviderOptions."""
+    prefix = f"provider_options for {provider!r}"
+    try:
+        size = len(to_json(options))
+    except PydanticSerializationError:
+        raise InvalidProviderOptions(f"{prefix}: must be JSON values") from None
+    if size > MAX_OPTIONS_BYTES:
+        raise InvalidProviderOptions(
+            f"{prefix}: {size} bytes as JSON, more than the {MAX_OPTIONS_BYTES} allowed"
+        )
     try:
         return provider_class(provider).parse_options(options)
+    except InvalidProviderOptions as exc:
+        raise InvalidProviderOptions(f"{prefix}: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'provider_options'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise InvalidProviderOptions(f"provider_options for {provider!r}: {problems}") from None
+        raise InvalidProviderOptions(f"{prefix}: {problems}") from None
+
+
+def check_limits(options: BaseModel, settings: ProviderSettings) -> None:
+    """Refuse parsed options beyond this server's limits (its settings live where runs start):
+    a `timeout` may only lower the server's provider timeout."""
+    cap = settings.provider_timeout_s
+    timeout = options.timeout if isinstance(options, VendorOptions) else None
+    if timeout is not None and timeout > cap:
+        raise InvalidProviderOptions(
+            f"provider_options: timeout: {timeout:g} s is more than allowed: at most {cap:g} s, "
+            "the server's provider timeout"
+        )
 
 
 def make_provider(provider: str, settings: ProviderSettings) -> Provider:

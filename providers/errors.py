@@ -7,13 +7,16 @@
      ├── ProviderBadRequest         llm_bad_request
      └── StreamIncomplete           stream_incomplete
 
-Every error carries a human message and a `detail` dict (vendor message, HTTP status), never a
-key or a header. The classes pickle by their constructor arguments, so they cross Ray intact.
+Every error carries a human message and an `ErrorDetail` (the vendor's status, message and
+request id), never a key or a header. The classes pickle by their constructor arguments, so they
+cross Ray intact.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 ErrorType = Literal[
     "llm_timeout",
@@ -28,15 +31,26 @@ ErrorType = Literal[
 ]
 
 
+class ErrorDetail(BaseModel):
+    """What the vendor said about a failure. Messages are scrubbed of the key before they get here;
+    there is deliberately no field for headers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: int | None = None  # the HTTP status, or what an in-stream error stands for
+    vendor_message: str | None = None
+    request_id: str | None = None  # the vendor's id of the request, for its support
+
+
 class ProviderError(Exception):
     """A provider call failed; `error_type` says how."""
 
     error_type: ClassVar[ErrorType] = "llm_error"
 
-    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, detail: ErrorDetail | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.detail: dict[str, Any] = detail or {}
+        self.detail = detail or ErrorDetail()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.detail))

@@ -24,6 +24,7 @@ from rayruns.providers.base import (
     ToolCall,
 )
 from rayruns.providers.errors import (
+    ErrorDetail,
     ProviderAuthentication,
     ProviderBadRequest,
     ProviderError,
@@ -129,5 +130,5 @@ def _failure(kind: FailKind, sent: int) -> ProviderError:
     cls, status = _FAILURES[kind]
     return cls(
         f"fake provider failure: {kind}",
-        {"status": status, "vendor_message": f"scripted {kind} after {sent} chunks"},
+        ErrorDetail(status=status, vendor_message=f"scripted {kind} after {sent} chunks"),
     )

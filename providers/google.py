@@ -9,59 +9,59 @@ each response to the stream that opened it, and closes that response itself.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import contextmanager
+import math
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rayruns.providers._vendor import (
     BlockCounter,
-    LoopClient,
-    VendorOptions,
+    ErrorTable,
+    Opened,
+    StreamReader,
+    VendorProvider,
     close_quietly,
-    incomplete,
-    require_key,
-    status_error,
-    stream_error,
-    wire_error,
+    system_text,
 )
-from rayruns.providers.base import (
-    Provider,
-    ProviderCall,
-    ProviderEvent,
-    ReasoningDelta,
-    RunCancelled,
-    StreamGuard,
-    TextDelta,
-    TokenUsage,
-    ToolCall,
-)
-from rayruns.providers.errors import ProviderBadRequest, ProviderError
-from rayruns.providers.settings import ProviderSettings
+from rayruns.providers.base import ProviderCall, ProviderEvent, ReasoningDelta, TextDelta, ToolCall
+from rayruns.providers.errors import ErrorDetail, ProviderBadRequest
+from rayruns.providers.options import VendorOptions
 
 if TYPE_CHECKING:
     import httpx
     from google import genai
     from google.genai import types
 
-_KEY_VARIABLES = "RAYRUNS_GOOGLE_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY"
-
-# The responses opened by the stream whose first step is running; see `_opening`.
+# The responses opened by the stream whose first chunk is being awaited; see `_Chunks`.
 _OPENED: ContextVar[list[httpx.Response] | None] = ContextVar("rayruns_google_opened", default=None)
 
 
 class GoogleOptions(VendorOptions):
-    """The common options, plus any `GenerateContentConfig` field (`thinking_config`, `tools`,
-    `tool_config`, `top_k`, `seed`, `response_mime_type`, `safety_settings`, ...), validated by
-    the SDK when the call starts. `max_tokens` is sent as `max_output_tokens`, `stop` as
-    `stop_sequences`, system messages as `system_instruction`.
+    """The common options, plus the `GenerateContentConfig` fields in `passthrough`, in either of
+    the SDK's spellings (`top_k` or `topK`), validated by the SDK when the call starts.
+    `max_tokens` is sent as `max_output_tokens`, `stop` as `stop_sequences`, system messages as
+    `system_instruction`.
     """
 
-    reserved: ClassVar[frozenset[str]] = frozenset(
-        {"system_instruction", "max_output_tokens", "stop_sequences", "candidate_count"}
-        | {"http_options", "automatic_function_calling", "automatic_continuation"}
+    # `GenerateContentConfig` of the SDK, less what the provider sets (system_instruction,
+    # candidate_count, automatic function calling and continuation), the transport
+    # (`http_options`, `should_return_http_response`), the common options, and the fields
+    # the Gemini Developer API refuses (routing_config, model_selection_config,
+    # audio_timestamp, model_armor_config, generation_output_config).
+    passthrough: ClassVar[frozenset[str]] = frozenset(
+        {"top_k", "seed", "presence_penalty", "frequency_penalty", "response_logprobs"}
+        | {"logprobs", "response_mime_type", "response_schema", "response_json_schema"}
+        | {"safety_settings", "tools", "tool_config", "thinking_config", "cached_content"}
+        | {"response_modalities", "media_resolution", "speech_config", "image_config"}
+        | {"audio_transcription_config", "enable_enhanced_civic_answers", "service_tier"}
+        | {"labels", "continuation_token", "store"}
     )
+    camel_case: ClassVar[bool] = True
+    vendor_names: ClassVar[dict[str, str]] = {
+        "max_output_tokens": "max_tokens",
+        "stop_sequences": "stop",
+    }
 
 
 @dataclass(frozen=True)
@@ -72,101 +72,40 @@ class _Clients:
     http: httpx.AsyncClient
 
 
-class GoogleProvider(Provider):
-    """Text and thought parts, whole function calls; usage from usage_metadata."""
+class _Chunks:
+    """The SDK's chunks. The request goes out at the first; while it is awaited, the response
+    hook hands each response to `opened`, so that closing closes them at once."""
 
-    name = "google"
-    options_model = GoogleOptions
+    def __init__(self, chunks: AsyncIterator[types.GenerateContentResponse]) -> None:
+        self._chunks = chunks
+        self._first = True
+        self.opened: list[httpx.Response] = []
 
-    def __init__(self, settings: ProviderSettings) -> None:
-        super().__init__(settings)
-        self._clients: LoopClient[_Clients] = LoopClient(self._build_clients, _close_clients)
+    def __aiter__(self) -> _Chunks:
+        return self
 
-    def _build_clients(self) -> _Clients:
-        import httpx
-        from google import genai
-        from google.genai import types
-
-        s = self.settings
-        timeout = httpx.Timeout(s.provider_timeout_s, connect=s.provider_connect_timeout_s)
-
-        async def keep_timeouts(request: httpx.Request) -> None:
-            # genai passes one number for every phase; restore the separate connect timeout.
-            request.extensions["timeout"] = timeout.as_dict()
-
-        http = httpx.AsyncClient(
-            timeout=timeout,
-            event_hooks={"request": [keep_timeouts], "response": [_remember_response]},
-        )
-        options = types.HttpOptions(
-            base_url=s.google_base_url,
-            timeout=int(s.provider_timeout_s * 1000),
-            httpx_async_client=http,
-            retry_options=types.HttpRetryOptions(attempts=s.provider_max_retries + 1),
-        )
-        key = require_key(s.google_api_key, self.name, _KEY_VARIABLES)
-        return _Clients(genai.Client(api_key=key, vertexai=False, http_options=options), http)
+    async def __anext__(self) -> types.GenerateContentResponse:
+        if not self._first:
+            return await anext(self._chunks)
+        self._first = False
+        token = _OPENED.set(self.opened)
+        try:
+            return await anext(self._chunks)
+        finally:
+            _OPENED.reset(token)
 
     async def aclose(self) -> None:
-        """Close the cached clients and their idle connections."""
-        await self._clients.aclose()
-
-    async def stream(self, call: ProviderCall) -> AsyncGenerator[ProviderEvent, None]:
-        opts = call.options
-        assert isinstance(opts, GoogleOptions)
-        with StreamGuard(call):
-            opened: list[httpx.Response] = []
-            chunks: AsyncIterator[types.GenerateContentResponse] | None = None
-            try:
-                key = require_key(self.settings.google_api_key, self.name, _KEY_VARIABLES)
-                config = _config(call, opts)
-                client = self._clients.get().genai
-                with _mapped_errors(key):
-                    chunks = await client.aio.models.generate_content_stream(
-                        model=call.model, contents=_contents(call), config=config
-                    )
-                    reader = ChunkReader(call.usage, call.step)
-                    chunk = await _opening(chunks, opened)
-                    while chunk is not None:
-                        for event in reader.feed(chunk):
-                            yield event
-                        chunk = await anext(chunks, None)
-                    if reader.blocked is not None:
-                        raise ProviderBadRequest(
-                            f"google blocked the prompt: {reader.blocked}",
-                            {"status": None, "vendor_message": reader.blocked},
-                        )
-                    if not reader.finished:
-                        raise incomplete(self.name, "a finish_reason")
-            finally:
-                for response in opened:
-                    await close_quietly(response.aclose)
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await close_quietly(aclose)
-                call.ending.upstream_closed = True
-
-
-async def _opening(
-    chunks: AsyncIterator[types.GenerateContentResponse], opened: list[httpx.Response]
-) -> types.GenerateContentResponse | None:
-    """The first chunk; the request goes out here, so the response hook sees `opened` here."""
-    token = _OPENED.set(opened)
-    try:
-        return await anext(chunks, None)
-    finally:
-        _OPENED.reset(token)
+        for response in self.opened:
+            await close_quietly(response.aclose)
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await close_quietly(aclose)
 
 
 async def _remember_response(response: httpx.Response) -> None:
     opened = _OPENED.get()
     if opened is not None:
         opened.append(response)
-
-
-async def _close_clients(clients: _Clients) -> None:
-    await clients.genai.aio.aclose()
-    await clients.http.aclose()
 
 
 def _contents(call: ProviderCall) -> list[types.ContentDict]:
@@ -180,25 +119,21 @@ def _contents(call: ProviderCall) -> list[types.ContentDict]:
     return contents
 
 
-def _config(call: ProviderCall, opts: GoogleOptions) -> types.GenerateContentConfig:
+def _config(
+    call: ProviderCall, opts: GoogleOptions, timeout_s: float | None
+) -> types.GenerateContentConfig:
     from google.genai import types
     from pydantic import ValidationError
 
-    system = "\n\n".join(m.content for m in call.messages if m.role == "system")
-    common = {
-        "system_instruction": system or None,
-        "temperature": opts.temperature,
-        "top_p": opts.top_p,
-        "max_output_tokens": opts.max_tokens,
-        "stop_sequences": opts.stop_list,
-    }
     fields: dict[str, Any] = {
-        **opts.extras,
-        **{k: v for k, v in common.items() if v is not None},
+        **opts.request_fields(),
+        "system_instruction": system_text(call),
         # One request per call, no Python functions called on the model's behalf.
         "automatic_function_calling": {"disable": True},
         "automatic_continuation": False,
     }
+    if timeout_s is not None:
+        fields["http_options"] = types.HttpOptions(timeout=math.ceil(timeout_s * 1000))
     try:
         return types.GenerateContentConfig.model_validate(fields)
     except ValidationError as exc:
@@ -206,19 +141,18 @@ def _config(call: ProviderCall, opts: GoogleOptions) -> types.GenerateContentCon
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ProviderBadRequest(
-            f"provider_options do not fit google's GenerateContentConfig: {problems}",
-            {"status": None, "vendor_message": None},
+            f"provider_options do not fit google's GenerateContentConfig: {problems}"
         ) from None
 
 
-class ChunkReader:
+class ChunkReader(StreamReader["types.GenerateContentResponse"]):
     """Turns response chunks into events; usage_metadata counts are running totals."""
 
-    def __init__(self, usage: TokenUsage, step: int) -> None:
-        self.usage = usage
-        self.finished = False
+    end_marker = "a finish_reason"
+
+    def __init__(self, call: ProviderCall) -> None:
+        super().__init__(call)
         self.blocked: str | None = None
-        self._step = step
         self._calls = 0
         self._blocks = BlockCounter()
 
@@ -234,7 +168,7 @@ class ChunkReader:
                 call = part.function_call
                 out.append(
                     ToolCall(
-                        id=call.id or f"call-{self._step}-{self._calls}",
+                        id=call.id or f"call-{self.step}-{self._calls}",
                         name=call.name or "",
                         arguments=json.dumps(call.args or {}),
                     )
@@ -256,24 +190,75 @@ class ChunkReader:
                 self.usage.completion_tokens = meta.candidates_token_count + thoughts
         return out
 
+    def end(self, vendor: str) -> None:
+        if self.blocked is not None:
+            raise ProviderBadRequest(
+                f"{vendor} blocked the prompt: {self.blocked}",
+                ErrorDetail(vendor_message=self.blocked),
+            )
+        super().end(vendor)
 
-@contextmanager
-def _mapped_errors(key: str) -> Iterator[None]:
-    """Every SDK or transport failure, of the request or of the stream, as a ProviderError."""
-    from google.genai import errors
 
-    try:
-        yield
-    except (RunCancelled, ProviderError):
-        raise
-    except errors.APIError as exc:
-        if exc.code:
-            raise status_error("google", exc.code, exc.message, key) from exc
-        raise stream_error("google", exc.message, key) from exc
-    except errors.UnknownApiResponseError as exc:
-        raise stream_error("google", str(exc), key) from exc
-    except Exception as exc:
-        mapped = wire_error("google", exc, key)
-        if mapped is None:
-            raise
-        raise mapped from exc
+class GoogleProvider(VendorProvider[_Clients, "types.GenerateContentResponse"]):
+    """Text and thought parts, whole function calls; usage from usage_metadata."""
+
+    name = "google"
+    reader_class = ChunkReader
+    options_model = GoogleOptions
+
+    def build_client(self, key: str) -> _Clients:
+        import httpx
+        from google import genai
+        from google.genai import types
+
+        s = self.settings
+        timeout = httpx.Timeout(s.provider_timeout_s, connect=s.provider_connect_timeout_s)
+
+        async def keep_timeouts(request: httpx.Request) -> None:
+            # genai passes one number for every phase (the server's, or a request's lower one):
+            # keep the separate connect timeout, and never go above the server's.
+            given = request.extensions.get("timeout") or {}
+            request.extensions["timeout"] = {
+                phase: min(limit, given.get(phase) or limit)
+                for phase, limit in timeout.as_dict().items()
+                if limit is not None
+            }
+
+        http = httpx.AsyncClient(
+            timeout=timeout,
+            event_hooks={"request": [keep_timeouts], "response": [_remember_response]},
+        )
+        options = types.HttpOptions(
+            base_url=s.google_base_url,
+            timeout=int(s.provider_timeout_s * 1000),
+            httpx_async_client=http,
+            retry_options=types.HttpRetryOptions(attempts=s.provider_max_retries + 1),
+        )
+        return _Clients(genai.Client(api_key=key, vertexai=False, http_options=options), http)
+
+    async def close_client(self, client: _Clients) -> None:
+        await client.genai.aio.aclose()
+        await client.http.aclose()
+
+    async def open(
+        self, client: _Clients, call: ProviderCall, options: GoogleOptions
+    ) -> Opened[types.GenerateContentResponse]:
+        config = _config(call, options, self.request_timeout(options))
+        chunks = await client.genai.aio.models.generate_content_stream(
+            model=call.model, contents=_contents(call), config=config
+        )
+        wrapped = _Chunks(chunks)
+        return Opened(wrapped, wrapped.aclose)
+
+    def error_table(self) -> ErrorTable:
+        from google.genai import errors
+
+        return ((errors.APIError, "vendor"), (errors.UnknownApiResponseError, "vendor"))
+
+    def error_detail(self, exc: BaseException) -> ErrorDetail:
+        from google.genai import errors
+
+        if isinstance(exc, errors.APIError):
+            # A code of a 200 stream's in-band error is the status it stands for.
+            return ErrorDetail(status=exc.code or None, vendor_message=exc.message)
+        return ErrorDetail(vendor_message=str(exc))

@@ -2,111 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from rayruns.providers._vendor import (
     BlockCounter,
-    LoopClient,
-    VendorOptions,
-    close_quietly,
-    connection_error,
-    incomplete,
-    require_key,
-    status_error,
-    stream_error,
-    wire_error,
+    StainlessProvider,
+    StreamReader,
 )
-from rayruns.providers.base import (
-    Provider,
-    ProviderCall,
-    ProviderEvent,
-    ReasoningDelta,
-    RunCancelled,
-    StreamGuard,
-    TextDelta,
-    TokenUsage,
-    ToolCall,
-)
-from rayruns.providers.errors import ProviderError
-from rayruns.providers.settings import ProviderSettings
+from rayruns.providers.base import ProviderCall, ProviderEvent, ReasoningDelta, TextDelta, ToolCall
+from rayruns.providers.options import VendorOptions
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, AsyncStream
     from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
-_KEY_VARIABLES = "RAYRUNS_OPENAI_API_KEY or OPENAI_API_KEY"
-
 
 class OpenAIOptions(VendorOptions):
-    """The common options, plus any Chat Completions parameter (`seed`, `tools`, `tool_choice`,
-    `response_format`, `reasoning_effort`, `user`, ...), sent in the request body as given.
+    """The common options, plus the Chat Completions parameters in `passthrough`, sent in the
+    request body as given.
 
     `max_tokens` is sent as `max_completion_tokens`, which reasoning models require; for a
     compatible server that predates it, set `max_tokens_param="max_tokens"`.
     """
 
-    reserved: ClassVar[frozenset[str]] = frozenset(
-        {"model", "messages", "stream", "stream_options", "n", "max_completion_tokens"}
-        | {"extra_body", "extra_headers", "extra_query", "timeout"}
+    # `CompletionCreateParams` of the SDK, less what the provider sets (model, messages,
+    # stream_options, n), the common options, and what the stream reader could not carry
+    # (audio output, the deprecated `functions`).
+    passthrough: ClassVar[frozenset[str]] = frozenset(
+        {"frequency_penalty", "presence_penalty", "seed", "logit_bias", "logprobs"}
+        | {"top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "response_format"}
+        | {"reasoning_effort", "verbosity", "prediction", "web_search_options", "moderation"}
+        | {"user", "safety_identifier", "metadata", "store", "service_tier"}
+        | {"prompt_cache_key", "prompt_cache_options", "prompt_cache_retention"}
     )
+    vendor_names: ClassVar[dict[str, str]] = {"max_completion_tokens": "max_tokens"}
 
     max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
-
-
-class OpenAIProvider(Provider):
-    """Text, reasoning (`reasoning_content` of compatible servers) and tool calls by index."""
-
-    name = "openai"
-    options_model = OpenAIOptions
-
-    def __init__(self, settings: ProviderSettings) -> None:
-        super().__init__(settings)
-        self._clients: LoopClient[AsyncOpenAI] = LoopClient(self._build_client, _close_client)
-
-    def _build_client(self) -> AsyncOpenAI:
-        import openai
-
-        s = self.settings
-        return openai.AsyncOpenAI(
-            api_key=require_key(s.openai_api_key, self.name, _KEY_VARIABLES),
-            base_url=s.openai_base_url,
-            timeout=openai.Timeout(s.provider_timeout_s, connect=s.provider_connect_timeout_s),
-            max_retries=s.provider_max_retries,
-        )
-
-    async def aclose(self) -> None:
-        """Close the cached client and its idle connections."""
-        await self._clients.aclose()
-
-    async def stream(self, call: ProviderCall) -> AsyncGenerator[ProviderEvent, None]:
-        opts = call.options
-        assert isinstance(opts, OpenAIOptions)
-        with StreamGuard(call):
-            response: AsyncStream[ChatCompletionChunk] | None = None
-            try:
-                key = require_key(self.settings.openai_api_key, self.name, _KEY_VARIABLES)
-                client = self._clients.get()
-                with _mapped_errors(key):
-                    response = await client.chat.completions.create(
-                        model=call.model,
-                        messages=_messages(call),
-                        stream=True,
-                        stream_options={"include_usage": True},
-                        extra_body=_body(opts),
-                    )
-                    reader = ChunkReader(call.usage)
-                    async for chunk in response:
-                        for event in reader.feed(chunk):
-                            yield event
-                    if not reader.finished:
-                        raise incomplete(self.name, "a finish_reason")
-            finally:
-                if response is not None:
-                    await close_quietly(response.close)
-                call.ending.upstream_closed = True
 
 
 def _messages(call: ProviderCall) -> list[ChatCompletionMessageParam]:
@@ -117,14 +49,10 @@ def _messages(call: ProviderCall) -> list[ChatCompletionMessageParam]:
 
 
 def _body(opts: OpenAIOptions) -> dict[str, Any]:
-    # Everything optional goes in the body as is, so the SDK sends exactly what was asked for.
-    common = {
-        "temperature": opts.temperature,
-        "top_p": opts.top_p,
-        "stop": opts.stop,
-        opts.max_tokens_param: opts.max_tokens,
-    }
-    return {**opts.extras, **{k: v for k, v in common.items() if v is not None}}
+    fields = opts.request_fields()
+    if "max_completion_tokens" in fields and opts.max_tokens_param == "max_tokens":
+        fields["max_tokens"] = fields.pop("max_completion_tokens")
+    return fields
 
 
 @dataclass
@@ -134,12 +62,13 @@ class _PartialTool:
     arguments: list[str] = field(default_factory=list)
 
 
-class ChunkReader:
+class ChunkReader(StreamReader["ChatCompletionChunk"]):
     """Turns chunks into events; tool-call deltas are gathered by index until a finish_reason."""
 
-    def __init__(self, usage: TokenUsage) -> None:
-        self.usage = usage
-        self.finished = False
+    end_marker = "a finish_reason"
+
+    def __init__(self, call: ProviderCall) -> None:
+        super().__init__(call)
         self._blocks = BlockCounter()
         self._tools: dict[int, _PartialTool] = {}
 
@@ -189,35 +118,27 @@ class ChunkReader:
         return calls
 
 
-async def _close_client(client: AsyncOpenAI) -> None:
-    await client.close()
+class OpenAIProvider(StainlessProvider["AsyncOpenAI", "ChatCompletionChunk"]):
+    """Text, reasoning (`reasoning_content` of compatible servers) and tool calls by index."""
 
+    name = "openai"
+    reader_class = ChunkReader
+    options_model = OpenAIOptions
+    client_class = "AsyncOpenAI"
 
-@contextmanager
-def _mapped_errors(key: str) -> Iterator[None]:
-    """Every SDK or transport failure, of the request or of the stream, as a ProviderError."""
-    import openai
+    async def create(
+        self, client: AsyncOpenAI, call: ProviderCall, options: OpenAIOptions
+    ) -> AsyncStream[ChatCompletionChunk]:
+        return await client.chat.completions.create(
+            model=call.model,
+            messages=_messages(call),
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=_body(options),
+            timeout=self.sdk_timeout(options),
+        )
 
-    try:
-        yield
-    except (RunCancelled, ProviderError):
-        raise
-    except openai.APIStatusError as exc:
-        raise status_error("openai", exc.status_code, _vendor_message(exc), key) from exc
-    except openai.APIConnectionError as exc:
-        timed_out = isinstance(exc, openai.APITimeoutError)
-        raise connection_error("openai", exc, key, timed_out=timed_out) from exc
-    except openai.APIError as exc:
-        raise stream_error("openai", _vendor_message(exc), key) from exc
-    except Exception as exc:
-        mapped = wire_error("openai", exc, key)
-        if mapped is None:
-            raise
-        raise mapped from exc
-
-
-def _vendor_message(exc: Any) -> str:
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return cast(str, body["message"])
-    return str(exc.message)
+    def vendor_message(self, exc: Any) -> str | None:
+        body = exc.body
+        message = body.get("message") if isinstance(body, dict) else None
+        return message if isinstance(message, str) else str(exc.message)

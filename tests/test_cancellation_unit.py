@@ -132,7 +132,7 @@ async def test_provider_errors_propagate_with_their_type() -> None:
     with pytest.raises(ProviderRateLimited) as info:
         await anext(driven)
     assert len(got) == 2
-    assert info.value.detail["status"] == 429
+    assert info.value.detail.status == 429
     assert call.ending.outcome == "failed"
 
 

@@ -149,6 +149,7 @@ class WireFormat:
     """Renders one response of one vendor: SSE frames per piece, the ending, the errors."""
 
     content_type = "text/event-stream"
+    request_id_header: str | None = None  # where the vendor sends its id of the request
 
     def __init__(self, request: RecordedRequest) -> None:
         self.request = request
@@ -180,6 +181,8 @@ class WireFormat:
 
 
 class OpenAIWire(WireFormat):
+    request_id_header = "x-request-id"
+
     def __init__(self, request: RecordedRequest) -> None:
         super().__init__(request)
         options = request.body.get("stream_options") or {}
@@ -285,6 +288,7 @@ class AnthropicWire(WireFormat):
         429: "rate_limit_error",
         529: "overloaded_error",
     }
+    request_id_header = "request-id"
 
     def __init__(self, request: RecordedRequest) -> None:
         super().__init__(request)
@@ -663,7 +667,10 @@ class _Connection(asyncio.Protocol):
         script = parse_script(model)
         wire = _WIRES[vendor](request)
         if script.status != 200:
-            self._send_json(script.status, wire.error_body(script.status))
+            ids = (
+                {wire.request_id_header: f"req_wire{request.id}"} if wire.request_id_header else {}
+            )
+            self._send_json(script.status, wire.error_body(script.status), ids)
             return self.recorder._end(request, f"error_{script.status}")
         try:
             await self._stream(request, script, wire)
@@ -671,9 +678,12 @@ class _Connection(asyncio.Protocol):
             self.recorder._end(request, "client_gone")
             raise
 
-    def _send_json(self, status: int, data: dict[str, Any]) -> None:
+    def _send_json(
+        self, status: int, data: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         payload = json.dumps(data).encode()
-        head = self._head(status, "application/json", {"content-length": str(len(payload))})
+        extra = {"content-length": str(len(payload)), **(headers or {})}
+        head = self._head(status, "application/json", extra)
         self._write(head + payload)
 
     @staticmethod
