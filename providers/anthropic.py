@@ -133,10 +133,16 @@ def _arguments(tool: _PartialTool) -> str:
 class AnthropicProvider(StainlessProvider["AsyncAnthropic", "RawMessageStreamEvent"]):
     """Text, thinking and tool_use blocks; usage from message_start and message_delta."""
 
-    name = "anthropic"
-    reader_class = EventReader
-    options_model = AnthropicOptions
-    client_class = "AsyncAnthropic"
+    name, options_model, reader_class = "anthropic", AnthropicOptions, EventReader
+
+    def vendor_message(self, exc: Any) -> str | None:
+        # A status error also carries the body's own message, apart from the SDK's summary.
+        return str(getattr(exc, "api_message", None) or exc.message)
+
+    def vendor_status(self, exc: Any) -> int | None:
+        if exc.status_code < 400:  # `event: error` inside a 200 stream: its type says what it is
+            return _ERROR_STATUS.get(str(exc.type))
+        return int(exc.status_code)
 
     async def create(
         self, client: AsyncAnthropic, call: ProviderCall, options: AnthropicOptions
@@ -149,15 +155,3 @@ class AnthropicProvider(StainlessProvider["AsyncAnthropic", "RawMessageStreamEve
             extra_body=_body(call, options),
             timeout=self.sdk_timeout(options),
         )
-
-    def vendor_message(self, exc: Any) -> str | None:
-        return (
-            cast("str | None", exc.api_message or exc.message)
-            if hasattr(exc, "api_message")
-            else str(exc.message)
-        )
-
-    def vendor_status(self, exc: Any) -> int | None:
-        if exc.status_code < 400:  # `event: error` inside a 200 stream: its type says what it is
-            return _ERROR_STATUS.get(str(exc.type))
-        return int(exc.status_code)

@@ -121,10 +121,12 @@ class ChunkReader(StreamReader["ChatCompletionChunk"]):
 class OpenAIProvider(StainlessProvider["AsyncOpenAI", "ChatCompletionChunk"]):
     """Text, reasoning (`reasoning_content` of compatible servers) and tool calls by index."""
 
-    name = "openai"
-    reader_class = ChunkReader
-    options_model = OpenAIOptions
-    client_class = "AsyncOpenAI"
+    name, options_model, reader_class = "openai", OpenAIOptions, ChunkReader
+
+    def vendor_message(self, exc: Any) -> str | None:
+        body = exc.body
+        message = body.get("message") if isinstance(body, dict) else None
+        return message if isinstance(message, str) else str(exc.message)
 
     async def create(
         self, client: AsyncOpenAI, call: ProviderCall, options: OpenAIOptions
@@ -137,8 +139,3 @@ class OpenAIProvider(StainlessProvider["AsyncOpenAI", "ChatCompletionChunk"]):
             extra_body=_body(options),
             timeout=self.sdk_timeout(options),
         )
-
-    def vendor_message(self, exc: Any) -> str | None:
-        body = exc.body
-        message = body.get("message") if isinstance(body, dict) else None
-        return message if isinstance(message, str) else str(exc.message)
