@@ -25,7 +25,6 @@ from rayruns.actors.remote import ActorHandle
 from rayruns.actors.settings import ActorSettings
 from rayruns.actors.spec import RunSpec
 from rayruns.actors.store import RunStore
-from rayruns.providers.catalog import check_limits
 from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -75,9 +74,7 @@ class RunRegistry:
     # -- runs ---------------------------------------------------------------------------
 
     async def create_run(self, spec: RunSpec) -> tuple[Run, ActorHandle]:
-        """Record a new run, give it an actor and start it. Raises ConversationBusy, and
-        InvalidProviderOptions for options beyond this server's limits."""
-        check_limits(spec.target.options, self._provider_settings)
+        """Record a new run, give it an actor and start it. Raises ConversationBusy."""
         conversation = spec.conversation_id
         if conversation is not None and conversation in self._conversations:
             raise ConversationBusy(conversation, self._conversations[conversation])

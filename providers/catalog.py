@@ -1,7 +1,6 @@
 """Which providers exist, resolved by name; each module is imported only when first used.
 
-`parse_options` is the one door `provider_options` go through (when a run spec is made);
-`check_limits` adds the limits of the server's settings where a run starts.
+`parse_options` is the one door `provider_options` go through (when a run spec is made).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from rayruns.providers.base import Provider
 from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
-from rayruns.providers.options import MAX_OPTIONS_BYTES, VendorOptions
+from rayruns.providers.options import MAX_OPTIONS_BYTES
 from rayruns.providers.settings import ProviderSettings
 
 _MODULES: dict[str, str] = {
@@ -74,18 +73,6 @@ def parse_options(provider: str, options: dict[str, Any]) -> BaseModel:
             for err in exc.errors()
         )
         raise InvalidProviderOptions(f"{prefix}: {problems}") from None
-
-
-def check_limits(options: BaseModel, settings: ProviderSettings) -> None:
-    """Refuse parsed options beyond this server's limits (its settings live where runs start):
-    a `timeout` may only lower the server's provider timeout."""
-    cap = settings.provider_timeout_s
-    timeout = options.timeout if isinstance(options, VendorOptions) else None
-    if timeout is not None and timeout > cap:
-        raise InvalidProviderOptions(
-            f"provider_options: timeout: {timeout:g} s is more than allowed: at most {cap:g} s, "
-            "the server's provider timeout"
-        )
 
 
 def make_provider(provider: str, settings: ProviderSettings) -> Provider:

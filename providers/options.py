@@ -19,6 +19,7 @@ from rayruns.providers.base import CommonOptions
 from rayruns.providers.errors import InvalidProviderOptions
 
 MAX_OPTIONS_BYTES = 16 * 1024  # `provider_options` serialized as JSON
+MAX_TIMEOUT_S = 3600.0
 
 
 class VendorOptions(CommonOptions):
@@ -28,7 +29,7 @@ class VendorOptions(CommonOptions):
     provider sends them in the request body as given.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=lambda s, cls: _allow_list(s, cls))
 
     # Request fields of the SDK's typed parameters a client may set (canonical names).
     passthrough: ClassVar[frozenset[str]] = frozenset()
@@ -37,8 +38,8 @@ class VendorOptions(CommonOptions):
     # A vendor's own name for a common option, e.g. Gemini's `max_output_tokens` for `max_tokens`.
     vendor_names: ClassVar[Mapping[str, str]] = {}
 
-    # Seconds; it may only lower the server's provider timeout (checked against the settings).
-    timeout: float | None = Field(default=None, gt=0)
+    # Seconds; it may only lower the server's provider timeout: above it, the server's holds.
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
 
     def request_fields(self) -> dict[str, Any]:
         """The fields for the vendor's request: the passthrough ones as given, and the common
@@ -91,3 +92,24 @@ class VendorOptions(CommonOptions):
             names = ", ".join(repr(name) for name in sorted(refused))
             raise InvalidProviderOptions(f"not allowed: {names}; {cls.allowed_summary()}")
         return admitted
+
+
+def _allow_list(schema: dict[str, Any], cls: Any) -> None:
+    """The JSON schema says what `admit` accepts: every spelling, nothing else, one spelling of
+    each field (what the SDK checks inside a passthrough field is left to it)."""
+    properties: dict[str, Any] = schema.setdefault("properties", {})
+    spellings: dict[str, str] = cls.spellings()
+    for spelled, canonical in spellings.items():
+        properties.setdefault(spelled, properties.get(canonical, {}))
+    schema["additionalProperties"] = False
+    groups: dict[str, list[str]] = {}
+    for spelled, canonical in spellings.items():
+        groups.setdefault(canonical, []).append(spelled)
+    one_each = [
+        {"not": {"required": [a, b]}}
+        for names in groups.values()
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    ]
+    if one_each:
+        schema["allOf"] = one_each

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
 from rayruns.actors.records import Run
 from rayruns.actors.registry import ConversationBusy
-from rayruns.actors.spec import ID_MAX, RunSpec, describe
+from rayruns.actors.spec import ID_MAX, INVALID_PROVIDER_OPTIONS, RunSpec, describe
 from rayruns.providers.base import PositiveCount, integral
 from rayruns.serve_app.openapi import CHUNK_EVENTS, answers
 from rayruns.serve_app.runs import runtime
@@ -215,10 +215,15 @@ async def _chain(
         await rest.aclose()
 
 
+OPTIONS_CODE = "invalid_provider_options"  # provider_options refused: 422, not OpenAI's 400
+
+
 @router.post(
     "/chat/completions",
     response_model=None,
-    responses=answers(400, 401, 409, 413, 429, 502, 503, 504, sse=CHUNK_EVENTS, openai_errors=True),
+    responses=answers(
+        400, 401, 409, 413, 422, 429, 502, 503, 504, sse=CHUNK_EVENTS, openai_errors=True
+    ),
 )
 async def chat_completions(request: Request) -> Response:
     rt = runtime(request)
@@ -226,6 +231,8 @@ async def chat_completions(request: Request) -> Response:
         chat = ChatRequest.model_validate_json(await request.body())
         spec = chat.to_spec()
     except ValidationError as exc:
+        if any(err["type"] == INVALID_PROVIDER_OPTIONS for err in exc.errors()):
+            return openai_error(422, describe(exc), "invalid_request_error", OPTIONS_CODE)
         return openai_error(400, describe(exc), "invalid_request_error", "invalid_request")
     except ValueError as exc:
         return openai_error(400, str(exc), "invalid_request_error", "invalid_request")

@@ -149,10 +149,6 @@ async def test_a_failure_after_streaming_began_is_an_error_chunk(
         ({"model": "fake/echo", "messages": user("x"), "n": 2}, "n"),
         ({"model": "fake/echo", "messages": user("x"), "logit_bias": {}}, "logit_bias"),
         ({"model": "fake/echo", "messages": [{"role": "tool", "content": "x"}]}, "role"),
-        (
-            {"model": "fake/echo", "messages": user("x"), "provider_options": {"delay_s": "z"}},
-            "delay_s",
-        ),
     ],
 )
 async def test_validation_errors_in_openai_shape(
