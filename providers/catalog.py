@@ -15,7 +15,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from rayruns.providers.base import Provider
 from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
-from rayruns.providers.options import MAX_OPTIONS_BYTES
+from rayruns.providers.options import MAX_OPTIONS_BYTES, VendorOptions
 from rayruns.providers.settings import ProviderSettings
 
 _MODULES: dict[str, str] = {
@@ -72,6 +72,9 @@ def parse_options(provider: str, options: dict[str, Any]) -> BaseModel:
             f"{'.'.join(str(p) for p in err['loc']) or 'provider_options'}: {err['msg']}"
             for err in exc.errors()
         )
+        model = provider_class(provider).options_model
+        if issubclass(model, VendorOptions):
+            problems += f"; {model.allowed_summary()}"
         raise InvalidProviderOptions(f"{prefix}: {problems}") from None
 
 

@@ -95,21 +95,11 @@ class VendorOptions(CommonOptions):
 
 
 def _allow_list(schema: dict[str, Any], cls: Any) -> None:
-    """The JSON schema says what `admit` accepts: every spelling, nothing else, one spelling of
-    each field (what the SDK checks inside a passthrough field is left to it)."""
+    """The JSON schema names what `admit` accepts: every spelling, nothing else (what the SDK
+    checks inside a passthrough field is left to it; two spellings of one field are refused
+    but not described, since schemathesis cannot generate from such a schema)."""
     properties: dict[str, Any] = schema.setdefault("properties", {})
     spellings: dict[str, str] = cls.spellings()
     for spelled, canonical in spellings.items():
         properties.setdefault(spelled, properties.get(canonical, {}))
     schema["additionalProperties"] = False
-    groups: dict[str, list[str]] = {}
-    for spelled, canonical in spellings.items():
-        groups.setdefault(canonical, []).append(spelled)
-    one_each = [
-        {"not": {"required": [a, b]}}
-        for names in groups.values()
-        for i, a in enumerate(names)
-        for b in names[i + 1 :]
-    ]
-    if one_each:
-        schema["allOf"] = one_each
