@@ -11,6 +11,8 @@ import httpx
 import pytest
 import ray
 
+from rayruns.actors.batch import BatchEngine, BatchItem
+from rayruns.actors.handle import RunResult
 from rayruns.actors.limits import RunLimits
 from rayruns.actors.remote import new_run_actor
 from rayruns.actors.runs import Runs
@@ -37,7 +39,7 @@ async def _start(client: httpx.AsyncClient, json: dict[str, Any]) -> httpx.Respo
 
 
 def _assert_limited(r: httpx.Response) -> None:
-    assert r.status_code == 429, r.text
+    assert r.status_code == 429, r.status_code
     assert int(r.headers["retry-after"]) >= 1
     assert r.json()["detail"].startswith("too many live runs")
 
@@ -47,6 +49,16 @@ async def _cancel_all(clients: dict[str, httpx.AsyncClient], runs: dict[str, str
         *(clients[tenant].post(f"/v1/runs/{run_id}/cancel") for run_id, tenant in runs.items())
     )
     assert all(a.json()["status"] == "cancelled" for a in answers)
+
+
+async def _refused_beyond(secured: Secured, count: int) -> None:
+    """Until the registry has refused more than `count` runs (it happens inside the registry,
+    with nothing to await from outside: its counter is watched, with a deadline)."""
+    for _ in range(600):
+        if (await _stats(secured))["refused_runs"] > count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no run met the limit")
 
 
 async def _stats(secured: Secured) -> dict[str, Any]:
@@ -93,16 +105,22 @@ async def test_a_burst_of_60_background_runs_is_capped_at_the_live_limit(
         assert chat.json()["error"]["type"] == "rate_limit_error"
         assert chat.json()["error"]["code"] == "rate_limit_exceeded"
 
+        # A batch stopped while it waits for room reports its item cancelled, never started.
+        refused_so_far = (await _stats(secured))["refused_runs"]
+        stopped: list[RunResult] = []
+        engine = BatchEngine(secured.registry, 1, on_result=lambda _, r: stopped.append(r))
+        item = BatchItem(0, "waits", RunSpec.from_body(body("never runs")))
+        waiting = asyncio.create_task(engine.run(iter([item])))
+        await _refused_beyond(secured, refused_so_far)
+        engine.stopping.set()
+        await waiting
+        assert [(r.id, r.status, r.run_id) for r in stopped] == [("waits", "cancelled", None)]
+
         # A batch through the Python API waits for room instead of failing its runs.
         refused_so_far = (await _stats(secured))["refused_runs"]
         requests = [body(f"batch {i}") for i in range(3)]
         batch = asyncio.create_task(Runs(secured.registry).run_batch(requests, concurrency=3))
-        for _ in range(600):  # the refusal happens inside the registry: watch its counter
-            if (await _stats(secured))["refused_runs"] > refused_so_far:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the batch never met the limit")
+        await _refused_beyond(secured, refused_so_far)
         assert not batch.done()
         await _cancel_all(clients, accepted)
         accepted.clear()
