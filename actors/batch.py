@@ -3,7 +3,8 @@
 `rayruns batch` (results appended to a file in the order runs end) and `Runs.run_batch` (results
 in input order) are two ways of consuming it. Workers pull from one input iterator, so only the
 runs in flight are held in memory. An item that cannot run (invalid, or its conversation busy)
-is a failed result with `error_type` `invalid_request`; the batch goes on.
+is a failed result with `error_type` `invalid_request`; the batch goes on. An item refused for the
+live-run limit waits for room and is tried again: a limit never fails a batch's runs.
 
 Stopping (the caller sets `stopping`, cancels the task awaiting `run`, or Ray fails) starts
 nothing new; each worker cancels its run through the registry, waits until the run is terminal
@@ -13,14 +14,19 @@ and reports it (`cancelled`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from rayruns.actors.client import RegistryClient
 from rayruns.actors.handle import RunHandle, RunResult, invalid_result
+from rayruns.actors.limits import LiveRunLimit
+from rayruns.actors.records import Run
 from rayruns.actors.registry import ConversationBusy
+from rayruns.actors.remote import ActorHandle
 from rayruns.actors.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -125,12 +131,37 @@ class BatchEngine:
             if self._on_start is not None:
                 self._on_start(item)
             try:
-                run, actor = await self._client.create_run(item.spec)
+                created = await self._admitted(item.spec)
             except ConversationBusy as exc:
                 return invalid_result(item.id, item.say(str(exc)))
+            if created is None:  # stopped while waiting for room: it never started
+                return RunResult(
+                    id=item.id,
+                    status="cancelled",
+                    stop_reason="cancelled",
+                    text="",
+                    usage=None,
+                    error=None,
+                    run_id=None,
+                    ttft_ms=None,
+                    duration_ms=None,
+                )
+            run, actor = created
             return await self._follow(item, RunHandle(self._client, run, actor))
         finally:
             self.running -= 1
+
+    async def _admitted(self, spec: RunSpec) -> tuple[Run, ActorHandle] | None:
+        """Create the run, waiting out the live-run limit; None if the batch stops meanwhile."""
+        while not self.stopping.is_set():
+            try:
+                return await self._client.create_run(spec)
+            except LiveRunLimit as exc:
+                # Spread out, so that waiting workers do not all come back at once.
+                pause = exc.retry_after_s * random.uniform(0.5, 1.5)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), pause)
+        return None
 
     async def _follow(self, item: BatchItem, handle: RunHandle) -> RunResult:
         result = asyncio.create_task(handle.result(item.id))

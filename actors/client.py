@@ -16,6 +16,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from rayruns.actors.frames import LoggedFrame
+from rayruns.actors.keys import AuthCheck
 from rayruns.actors.records import Run, RunStatus, terminal_frames
 from rayruns.actors.registry import RunRegistry
 from rayruns.actors.remote import ActorHandle
@@ -66,33 +67,48 @@ class RegistryClient:
 
     # -- runs ---------------------------------------------------------------------------
 
-    async def create_run(self, spec: RunSpec) -> tuple[Run, ActorHandle]:
-        """Record and start a run: its record and its actor. Raises ConversationBusy."""
+    # `tenant`: act for this API key's tenant, which sees only its own runs (another tenant's
+    # run is answered as unknown); None is the trusted view, which sees every run.
+
+    async def create_run(self, spec: RunSpec, tenant: str | None = None) -> tuple[Run, ActorHandle]:
+        """Record and start a run: its record and its actor. Raises ConversationBusy, or
+        LiveRunLimit (too many live runs: nothing was started; retry after `retry_after_s`)."""
         run: Run
-        run, actor = await self._call("create_run", spec.only_spec())
+        run, actor = await self._call("create_run", spec.only_spec(), tenant)
         return run, actor
 
-    async def get(self, run_id: str) -> Run | None:
-        run: Run | None = await self._call("get", run_id)
+    async def get(self, run_id: str, tenant: str | None = None) -> Run | None:
+        run: Run | None = await self._call("get", run_id, tenant)
         return run
 
     async def list_runs(
-        self, conversation_id: str | None = None, status: RunStatus | None = None, limit: int = 50
+        self,
+        conversation_id: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+        tenant: str | None = None,
     ) -> list[Run]:
-        runs: list[Run] = await self._call("list_runs", conversation_id, status, limit)
+        runs: list[Run] = await self._call("list_runs", conversation_id, status, limit, tenant)
         return runs
 
-    async def source(self, run_id: str) -> tuple[Run, ActorHandle | None]:
+    async def source(
+        self, run_id: str, tenant: str | None = None
+    ) -> tuple[Run, ActorHandle | None]:
         """The run's record and its live actor (None once it ended). Raises UnknownRun."""
-        found: tuple[Run, ActorHandle | None] | None = await self._call("source", run_id)
+        found: tuple[Run, ActorHandle | None] | None = await self._call("source", run_id, tenant)
         if found is None:
             raise UnknownRun(run_id)
         return found
 
-    async def cancel(self, run_id: str) -> Run | None:
-        """Cancel and return the run once terminal (None: no such run)."""
-        run: Run | None = await self._call("cancel", run_id)
+    async def cancel(self, run_id: str, tenant: str | None = None) -> Run | None:
+        """Cancel and return the run once terminal (None: no such run, or another tenant's)."""
+        run: Run | None = await self._call("cancel", run_id, tenant)
         return run
+
+    async def authenticate(self, key_hash: str | None) -> AuthCheck:
+        """Whether the server needs an API key, and the tenant of the key with this hash."""
+        answer: AuthCheck = await self._call("authenticate", key_hash)
+        return answer
 
     def cancel_soon(self, run_id: str) -> None:
         """Send a cancel without waiting for it (a client went away; a batch gave up)."""

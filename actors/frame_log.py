@@ -7,11 +7,21 @@ import asyncio
 from rayruns.actors.frames import LoggedFrame
 
 
+class LogFull(Exception):
+    """A content frame would take the log past its frame or byte cap."""
+
+
 class FrameLog:
-    def __init__(self) -> None:
+    """`max_frames` / `max_bytes` cap the content frames (`append`); the terminal frames a run
+    ends with (`extend`) are always taken, so a capped run still ends well-formed."""
+
+    def __init__(self, max_frames: int | None = None, max_bytes: int | None = None) -> None:
         self._frames: list[LoggedFrame] = []
         self._closed = False
         self._changed = asyncio.Event()
+        self._max_frames = max_frames
+        self._max_bytes = max_bytes
+        self._bytes = 0
 
     @property
     def next_seq(self) -> int:
@@ -22,7 +32,14 @@ class FrameLog:
         return self._closed
 
     def append(self, message_type: str, data: str) -> None:
+        """Log a content frame; raises LogFull (logging nothing) past a cap."""
         assert not self._closed, "a closed log takes no frames"
+        size = len(data.encode())
+        if self._max_frames is not None and len(self._frames) + 1 > self._max_frames:
+            raise LogFull(f"the run reached its cap of {self._max_frames} frames")
+        if self._max_bytes is not None and self._bytes + size > self._max_bytes:
+            raise LogFull(f"the run reached its cap of {self._max_bytes} bytes of frames")
+        self._bytes += size
         self._frames.append(LoggedFrame(len(self._frames) + 1, message_type, data))
         self._wake()
 

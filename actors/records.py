@@ -68,6 +68,7 @@ class Run(BaseModel):
     usage: Usage | None = None
     error: RunError | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    tenant: str | None = None  # the API key's tenant that made it; None: untenanted
 
     @property
     def terminal(self) -> bool:

@@ -4,6 +4,10 @@ Transitions are compare-and-set: created → running → {completed, failed, can
 terminal write wins; later ones are refused (the stored record is returned unchanged, the
 refusal counted). Records are in SQLite before a call returns. The registry watches each run
 actor: one that dies mid-run ends its run `failed` / `run_lost`.
+
+Runs belong to a tenant (an API key's) or to none. A call that names a tenant sees only that
+tenant's runs and conversations; `tenant=None` is the trusted view (the Python API, or an open
+server) and sees everything. Admission (actors/limits.py) is decided before a run gets an actor.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import ray
 from ray.exceptions import RayActorError
 
 from rayruns.actors.frames import LoggedFrame
+from rayruns.actors.keys import AuthCheck, KeyStore
+from rayruns.actors.limits import Admission, default_max_live_runs, timed_out
 from rayruns.actors.pool import ActorPool, RunActorRef
 from rayruns.actors.records import Outcome, Run, RunError, RunStatus, Usage, utcnow
 from rayruns.actors.remote import ActorHandle
@@ -63,8 +69,12 @@ class RunRegistry:
         self._settings = settings
         self._provider_settings = provider_settings
         self._store = RunStore(settings.resolved_db_path())
+        self._keys = KeyStore(settings.resolved_db_path())
         self._live: dict[str, _Live] = {}
-        self._conversations: dict[str, str] = {}
+        self._conversations: dict[tuple[str | None, str], str] = {}
+        self._admission = Admission(
+            settings.max_live_runs or default_max_live_runs(), settings.max_live_runs_per_tenant
+        )
         self.refused_writes = 0
         self._incarnation = uuid.uuid4().hex  # tells a restarted registry from its predecessor
         self._pool = ActorPool(settings, provider_settings)
@@ -73,11 +83,14 @@ class RunRegistry:
 
     # -- runs ---------------------------------------------------------------------------
 
-    async def create_run(self, spec: RunSpec) -> tuple[Run, ActorHandle]:
-        """Record a new run, give it an actor and start it. Raises ConversationBusy."""
+    async def create_run(self, spec: RunSpec, tenant: str | None = None) -> tuple[Run, ActorHandle]:
+        """Record a new run, give it an actor and start it.
+
+        Raises ConversationBusy, or LiveRunLimit before any actor is taken or spawned.
+        """
         conversation = spec.conversation_id
-        if conversation is not None and conversation in self._conversations:
-            raise ConversationBusy(conversation, self._conversations[conversation])
+        if conversation is not None and (tenant, conversation) in self._conversations:
+            raise ConversationBusy(conversation, self._conversations[(tenant, conversation)])
         run = Run(
             id=new_run_id(),
             status="created",
@@ -86,40 +99,57 @@ class RunRegistry:
             background=spec.background,
             created_at=utcnow(),
             metadata=spec.metadata,
+            tenant=tenant,
         )
-        live = self._live[run.id] = _Live(run, self._pool.acquire())
-        self._store.insert(run, live.actor.name)
+        self._admission.admit(run.id, tenant)
+        try:
+            live = self._live[run.id] = _Live(run, self._pool.acquire())
+            self._store.insert(run, live.actor.name)
+        except BaseException:
+            self._live.pop(run.id, None)
+            self._admission.release(run.id)
+            raise
         if conversation is not None:
-            self._conversations[conversation] = run.id
+            self._conversations[(tenant, conversation)] = run.id
+        limits = self._settings.run_limits()
         # Started before returning, so that a reader's first read never overtakes `start`.
         try:
-            await live.handle.start.remote(run.id, spec)
+            await live.handle.start.remote(run.id, spec, limits)
         except RayActorError:  # a pooled actor that died while idle: a new one takes over
             self._pool.discard(live.actor)
             live.actor = self._pool.spawn()
             self._store.set_actor(run.id, live.actor.name)
             try:
-                await live.handle.start.remote(run.id, spec)
+                await live.handle.start.remote(run.id, spec, limits)
             except RayActorError as exc:
-                lost = _lost(f"no run actor could start: {exc}")
+                log.warning("run %s: no run actor could start: %s", run.id, exc)
+                lost = _lost("no run actor could start")
                 return self._finish(run.id, lost, None, []), live.handle
         live.watch = asyncio.create_task(self._watch(live))
         return live.run, live.handle
 
-    async def get(self, run_id: str) -> Run | None:
-        return self._record(run_id)
+    async def get(self, run_id: str, tenant: str | None = None) -> Run | None:
+        return _visible(self._record(run_id), tenant)
 
     async def list_runs(
-        self, conversation_id: str | None = None, status: RunStatus | None = None, limit: int = 50
+        self,
+        conversation_id: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+        tenant: str | None = None,
     ) -> list[Run]:
-        return self._store.query(conversation_id=conversation_id, status=status, limit=limit)
+        return self._store.query(
+            conversation_id=conversation_id, status=status, limit=limit, tenant=tenant
+        )
 
-    async def source(self, run_id: str) -> tuple[Run, ActorHandle | None] | None:
+    async def source(
+        self, run_id: str, tenant: str | None = None
+    ) -> tuple[Run, ActorHandle | None] | None:
         """Where a reader finds the run's frames: its live actor, or (None) the stored log."""
         live = self._live.get(run_id)
         if live is not None:
-            return live.run, live.handle
-        run = self._store.get(run_id)
+            return (live.run, live.handle) if _visible(live.run, tenant) else None
+        run = _visible(self._store.get(run_id), tenant)
         return None if run is None else (run, None)
 
     async def stored_frames(self, run_id: str) -> list[LoggedFrame] | None:
@@ -134,8 +164,10 @@ class RunRegistry:
                     await live.done.wait()
         return await self.get(run_id)
 
-    async def cancel(self, run_id: str) -> Run | None:
+    async def cancel(self, run_id: str, tenant: str | None = None) -> Run | None:
         """Cancel and return the run once terminal; a terminal run is returned unchanged."""
+        if _visible(self._record(run_id), tenant) is None:
+            return None
         live = self._live.get(run_id)
         if live is None:
             return self._store.get(run_id)
@@ -156,9 +188,19 @@ class RunRegistry:
     async def stream_endings(self, run_id: str) -> list[dict[str, Any]] | None:
         return self._store.stream_endings(run_id)
 
+    async def authenticate(self, key_hash: str | None) -> AuthCheck:
+        """Whether the server needs a key, and the tenant of the active key with this hash.
+
+        Read from SQLite on every call: `rayruns keys` writes the file directly.
+        """
+        return self._keys.check(key_hash)
+
     async def stats(self) -> dict[str, int | str]:
         return {
             "live_runs": len(self._live),
+            "max_live_runs": self._admission.max_live,
+            "peak_live_runs": self._admission.peak,
+            "refused_runs": self._admission.refused,
             "refused_writes": self.refused_writes,
             "incarnation": self._incarnation,
             **self._pool.status(),
@@ -212,24 +254,40 @@ class RunRegistry:
             live.run = run
             live.done.set()
             del self._live[run_id]
-        conversation = run.conversation_id
-        if conversation is not None and self._conversations.get(conversation) == run_id:
-            del self._conversations[conversation]
+        self._admission.release(run_id)
+        if run.conversation_id is not None:
+            conversation = (run.tenant, run.conversation_id)
+            if self._conversations.get(conversation) == run_id:
+                del self._conversations[conversation]
         return run
 
     # -- watching run actors ---------------------------------------------------------------
 
     async def _watch(self, live: _Live) -> None:
         run_id = live.run.id
+        # The actor ends a run at its age limit itself; this is the backstop for an actor that
+        # cannot (a provider that ignores its cancel): past the limit and the cancel grace, the
+        # run is recorded as timed out and its actor killed.
+        age = (utcnow() - live.run.created_at).total_seconds()
+        backstop_s = self._settings.max_run_s - age + self._settings.cancel_grace_s
         try:
             self._set_running(run_id)
-            result = await live.handle.result.remote(run_id)
+            async with asyncio.timeout(max(backstop_s, 0.0)):
+                result = await live.handle.result.remote(run_id)
+        except TimeoutError:
+            log.warning("run %s outlived its age limit and its cancel grace; killing it", run_id)
+            outcome = Outcome(
+                stop_reason="error", usage=Usage(), error=timed_out(self._settings.max_run_s)
+            )
+            self._finish(run_id, outcome, None, [])
+            self._pool.discard(live.actor)
+            return
         except RayActorError as exc:
             log.warning("run %s lost its actor: %s", run_id, exc)
             self._finish(run_id, _lost("the run's actor died"), None, [])
-        except Exception as exc:
+        except Exception:
             log.exception("run %s: its actor failed", run_id)
-            self._finish(run_id, _lost(f"{type(exc).__name__}: {exc}"), None, [])
+            self._finish(run_id, _lost("the run's actor failed (see the server's log)"), None, [])
         else:
             self._finish(run_id, result.outcome, result.frames, result.stream_endings)
         finally:
@@ -247,8 +305,9 @@ class RunRegistry:
                 self._finish(run.id, lost, None, [])
                 continue
             live = self._live[run.id] = _Live(run, RunActorRef(handle, actor_name))
+            self._admission.adopt(run.id, run.tenant)
             if run.conversation_id is not None:
-                self._conversations[run.conversation_id] = run.id
+                self._conversations[(run.tenant, run.conversation_id)] = run.id
             live.watch = asyncio.get_running_loop().create_task(self._watch(live))
         self._pool.adopt_orphans({live.actor.name for live in self._live.values()})
         log.info("registry recovered %d live runs", len(self._live))
@@ -259,6 +318,13 @@ class RunRegistry:
             purged = self._store.purge_expired_logs()
             if purged:
                 log.info("purged %d expired frame logs", purged)
+
+
+def _visible(run: Run | None, tenant: str | None) -> Run | None:
+    """The run if the caller may see it: the trusted view (None) sees every run."""
+    if run is None or tenant is None or run.tenant == tenant:
+        return run
+    return None
 
 
 def _lost(message: str) -> Outcome:

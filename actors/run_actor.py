@@ -7,6 +7,7 @@ from any `seq_id`, each getting everything logged since its last read as one bat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import asdict
@@ -16,8 +17,9 @@ from pydantic import BaseModel
 
 from rayruns.actors.cancellation import drive
 from rayruns.actors.frame_builder import FrameBuilder
-from rayruns.actors.frame_log import FrameLog
+from rayruns.actors.frame_log import FrameLog, LogFull
 from rayruns.actors.frames import LoggedFrame, StopReason
+from rayruns.actors.limits import RunLimits, output_limit, timed_out
 from rayruns.actors.records import Outcome, RunError, Usage, terminal_frames
 from rayruns.actors.spec import RunSpec
 from rayruns.providers.base import Provider, ProviderCall, RunCancelled
@@ -59,14 +61,28 @@ class RunActor:
         self._result: FinishedRun | None = None
         self._done = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._timed_out: float | None = None  # the age limit the run reached
 
-    async def start(self, run_id: str, spec: RunSpec) -> None:
+    async def start(self, run_id: str, spec: RunSpec, limits: RunLimits | None = None) -> None:
         if self._run_id is not None:
             raise RuntimeError(f"actor is busy with {self._run_id}; cannot start {run_id}")
         self._run_id = run_id
+        limits = limits or RunLimits()
+        self._log = FrameLog(limits.max_frames, limits.max_bytes)
         if run_id in self._cancelled_ids:
             self._cancel.set()
+        # The age limit ends a run through its cancel event: the same path that reliably closes
+        # a provider stream mid-await, then recorded as a timeout instead of a cancel.
+        self._deadline = asyncio.get_running_loop().call_later(
+            limits.max_run_s, self._expire, limits.max_run_s
+        )
         self._pump = asyncio.create_task(self._run(run_id, spec), name=f"pump {run_id}")
+
+    def _expire(self, max_run_s: float) -> None:
+        if not self._cancel.is_set():
+            self._timed_out = max_run_s
+            self._cancel.set()
 
     async def cancel(self, run_id: str) -> None:
         """Instant: set the event (or remember the intent, when start has not arrived yet)."""
@@ -114,6 +130,12 @@ class RunActor:
             stop = await self._step(run_id, spec, builder, usage)
         except RunCancelled:
             stop = "cancelled"
+            if self._timed_out is not None:
+                stop = "error"
+                error = timed_out(self._timed_out)
+        except LogFull as exc:
+            stop = "error"
+            error = output_limit(str(exc))
         except ProviderError as exc:
             stop = "llm_api_error"
             detail = exc.detail.model_dump()
@@ -121,7 +143,13 @@ class RunActor:
         except Exception as exc:
             log.exception("run %s failed inside the runtime", run_id)
             stop = "error"
-            error = RunError(error_type="internal_error", message=f"{type(exc).__name__}: {exc}")
+            # The exception's text may hold paths or addresses: it stays in the server's log.
+            error = RunError(
+                error_type="internal_error",
+                message=f"an internal error ({type(exc).__name__}) ended the run; see the log",
+            )
+        if self._deadline is not None:
+            self._deadline.cancel()
         outcome = Outcome(stop_reason=stop, usage=usage, error=error)
         self._log.extend(terminal_frames(run_id, self._log.next_seq - 1, outcome))
         self._log.close()
@@ -156,10 +184,18 @@ class RunActor:
         self._calls.append(call)
         builder.begin_step(1)
         try:
-            async for event in drive(provider.stream(call), self._cancel):
-                builder.add(event)
-        finally:
+            # Closed on the way out whatever ends the loop (a full log too), so the provider's
+            # stream is closed at once, not when the generator is collected.
+            async with contextlib.aclosing(drive(provider.stream(call), self._cancel)) as events:
+                async for event in events:
+                    builder.add(event)
+        except BaseException:
+            with contextlib.suppress(LogFull):  # the run is ending anyway, for its own reason
+                builder.end_message()
+            raise
+        else:
             builder.end_message()
+        finally:
             usage.step_count = 1
             usage.prompt_tokens = call.usage.prompt_tokens
             usage.completion_tokens = call.usage.completion_tokens

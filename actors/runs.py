@@ -46,7 +46,8 @@ class Runs:
     async def start(self, spec: RunSpec | dict[str, Any]) -> RunHandle:
         """Start a run from a spec, or from the fields of a `POST /v1/runs` body (those saying
         how HTTP delivers frames are ignored). Raises pydantic's ValidationError (a bad request,
-        an unknown provider or bad `provider_options`) or ConversationBusy."""
+        an unknown provider or bad `provider_options`), ConversationBusy, or LiveRunLimit (too
+        many live runs: nothing was started; `run_batch` waits these out instead)."""
         spec = spec if isinstance(spec, RunSpec) else RunSpec.from_body(spec)
         run, actor = await self.client.create_run(spec)
         return RunHandle(self.client, run, actor)

@@ -6,14 +6,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, to_json
 
 from rayruns.providers.base import JsonInt, Message
 from rayruns.providers.catalog import parse_options, split_model
 from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
 
 ID_MAX = 128
+METADATA_MAX_BYTES = 16 * 1024
 
 # The error types a spec's validation reports for the model and its options, so that a caller
 # (the HTTP edge) can tell them from the shape errors.
@@ -56,6 +65,16 @@ class RunSpec(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _target: Target | None = PrivateAttr(default=None)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(to_json(value))
+        if size > METADATA_MAX_BYTES:
+            raise ValueError(
+                f"metadata is {size} bytes as JSON; at most {METADATA_MAX_BYTES} are kept"
+            )
+        return value
 
     @model_validator(mode="after")
     def _resolve(self) -> RunSpec:

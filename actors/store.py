@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at REAL NOT NULL,
     actor_name TEXT,
     record TEXT NOT NULL,
-    stream_endings TEXT
+    stream_endings TEXT,
+    tenant TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_time ON runs (created_at DESC);
 CREATE INDEX IF NOT EXISTS runs_by_conversation ON runs (conversation_id, created_at DESC);
@@ -40,14 +41,20 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "tenant" not in columns:  # a database from before tenants: its runs have none
+            self._db.execute("ALTER TABLE runs ADD COLUMN tenant TEXT")
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created_at DESC)"
+        )
 
     def close(self) -> None:
         self._db.close()
 
     def insert(self, run: Run, actor_name: str | None) -> None:
         self._db.execute(
-            "INSERT INTO runs (id, status, conversation_id, created_at, actor_name, record)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (id, status, conversation_id, created_at, actor_name, record, tenant)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 run.id,
                 run.status,
@@ -55,6 +62,7 @@ class RunStore:
                 run.created_at.timestamp(),
                 actor_name,
                 run.model_dump_json(),
+                run.tenant,
             ),
         )
 
@@ -98,10 +106,19 @@ class RunStore:
         return [(Run.model_validate_json(record), name) for record, name in rows]
 
     def query(
-        self, *, conversation_id: str | None, status: RunStatus | None, limit: int
+        self,
+        *,
+        conversation_id: str | None,
+        status: RunStatus | None,
+        limit: int,
+        tenant: str | None = None,
     ) -> list[Run]:
+        """Newest first; with `tenant`, only that tenant's runs."""
         clauses: list[str] = []
         params: list[object] = []
+        if tenant is not None:
+            clauses.append("tenant = ?")
+            params.append(tenant)
         if conversation_id is not None:
             clauses.append("conversation_id = ?")
             params.append(conversation_id)

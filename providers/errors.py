@@ -28,6 +28,8 @@ ErrorType = Literal[
     "stream_incomplete",
     "run_lost",
     "invalid_request",
+    "run_timeout",
+    "run_output_limit",
 ]
 
 

@@ -8,7 +8,8 @@ from fastapi import FastAPI
 from ray import serve
 
 from rayruns.actors.client import RegistryClient
-from rayruns.serve_app import chat_completions
+from rayruns.serve_app import chat_completions, session
+from rayruns.serve_app.auth import KeyChecker
 from rayruns.serve_app.errors import BodyLimit, error_response, install_error_handlers
 from rayruns.serve_app.openapi import answers, install_openapi
 from rayruns.serve_app.page import mount_page
@@ -19,9 +20,11 @@ from rayruns.serve_app.settings import ServeSettings, Settings
 def build_api(client: RegistryClient, settings: ServeSettings) -> FastAPI:
     api = FastAPI(title="rayruns", version="0.1.0")
     api.state.runtime = Runtime(client, settings)
+    api.state.keys = KeyChecker(client, settings.auth_cache_s)
     install_error_handlers(api)
     api.include_router(router)
     api.include_router(chat_completions.router)
+    api.include_router(session.router)
     install_openapi(api, chat_completions.ChatRequest)
     mount_page(api)
 

@@ -15,10 +15,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
+from rayruns.actors.limits import LiveRunLimit
 from rayruns.actors.records import Run
 from rayruns.actors.registry import ConversationBusy
 from rayruns.actors.spec import ID_MAX, INVALID_PROVIDER_OPTIONS, RunSpec, describe
 from rayruns.providers.base import PositiveCount, integral
+from rayruns.serve_app.auth import CallerDep
+from rayruns.serve_app.errors import busy_message, openai_error, too_many_runs
 from rayruns.serve_app.openapi import CHUNK_EVENTS, answers
 from rayruns.serve_app.runs import runtime
 from rayruns.serve_app.sse import ClosingEventSourceResponse, JsonEventEncoder, sse_body
@@ -113,13 +116,6 @@ class ChatRequest(BaseModel):
         )
 
 
-def openai_error(
-    status: int, message: str, kind: str, code: str | None = None, **headers: str
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers or None)
-
-
 class ChunkTranslator:
     """Frames → `chat.completion.chunk` objects, in the order the wire format wants."""
 
@@ -200,7 +196,7 @@ def _failure(frames: list[LoggedFrame], *, before_content: bool) -> dict[str, An
 
 def _error_answer(error: dict[str, Any], run_id: str) -> JSONResponse:
     status, kind = _ERRORS.get(error["error_type"], (502, "api_error"))
-    return openai_error(status, error["message"], kind, error["error_type"], **{"X-Run-Id": run_id})
+    return openai_error(status, error["message"], kind, error["error_type"], {"X-Run-Id": run_id})
 
 
 async def _chain(
@@ -225,7 +221,7 @@ OPTIONS_CODE = "invalid_provider_options"  # provider_options refused: 422, not 
         400, 401, 409, 413, 422, 429, 502, 503, 504, sse=CHUNK_EVENTS, openai_errors=True
     ),
 )
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request, caller: CallerDep) -> Response:
     rt = runtime(request)
     try:
         chat = ChatRequest.model_validate_json(await request.body())
@@ -237,9 +233,11 @@ async def chat_completions(request: Request) -> Response:
     except ValueError as exc:
         return openai_error(400, str(exc), "invalid_request_error", "invalid_request")
     try:
-        run, actor = await rt.client.create_run(spec)
+        run, actor = await rt.client.create_run(spec, caller.tenant)
     except ConversationBusy as exc:
-        return openai_error(409, str(exc), "invalid_request_error", "conversation_busy")
+        return openai_error(409, busy_message(exc), "invalid_request_error", "conversation_busy")
+    except LiveRunLimit as exc:
+        return too_many_runs(request, exc)
 
     frames = rt.client.follow(run.id, 0, actor)
 

@@ -1,12 +1,13 @@
 """`rayruns serve`: start (or join) Ray, run the Serve app, stop both cleanly on Ctrl-C.
 
 `rayruns stop`: stop the server a pid file names. `rayruns batch`: run a JSONL file of requests
-(serve_app/batch_cli.py).
+(serve_app/batch_cli.py). `rayruns keys`: the server's API keys (serve_app/keys_cli.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -18,9 +19,11 @@ from types import FrameType
 
 from pydantic import ValidationError
 
+from rayruns.actors.keys import KeyStore
 from rayruns.serve_app.batch_cli import add_batch_parser, batch_command
 from rayruns.serve_app.cluster_watch import ClusterWatch
 from rayruns.serve_app.detach import health_url, start_detached
+from rayruns.serve_app.keys_cli import add_keys_parser, keys_command
 from rayruns.serve_app.pidfile import PidFile, default_pid_file
 from rayruns.serve_app.settings import Settings
 
@@ -68,6 +71,33 @@ def _already_running(pid_file: PidFile) -> bool:
             pid_file.path,
         )
     return running is not None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def open_to_network(host: str, settings: Settings) -> str | None:
+    """Why serving on `host` would expose an open server, or None when it would not."""
+    if is_loopback(host):
+        return None
+    store = KeyStore(settings.actors.resolved_db_path())
+    try:
+        if store.any_active():
+            return None
+    finally:
+        store.close()
+    return (
+        f"refusing to listen on {host}: no API key exists, so anyone who reaches the port could"
+        " spend the provider keys and read every run. Create one with `rayruns keys add NAME`"
+        f" (database {settings.actors.resolved_db_path()}), listen on 127.0.0.1, or pass"
+        " --insecure to serve without keys anyway."
+    )
 
 
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -187,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="join this Ray cluster (default: start a local Ray)"
     )
     serve_p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host while no API key exists (anyone can use the server)",
+    )
+    serve_p.add_argument(
         "--detach",
         action="store_true",
         help="run in the background; return once /healthz answers, or fail with the log's tail",
@@ -212,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to wait before SIGKILL (default {STOP_TIMEOUT_S:.0f})",
     )
     add_batch_parser(sub)
+    add_keys_parser(sub)
     return parser
 
 
@@ -242,6 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", settings)
         return 2
     if args.command == "serve":
+        # Before Ray starts (or a detached child is spawned): a refusal costs nothing and says why.
+        refusal = None if args.insecure else open_to_network(settings.serve.host, settings)
+        if refusal is not None:
+            sys.stderr.write(f"rayruns serve: {refusal}\n")
+            return 2
         if args.detach:
             return detach_command(argv, args, settings)
         return serve_command(args, settings)
@@ -249,4 +290,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop_command(args, settings)
     if args.command == "batch":
         return batch_command(args, settings)
+    if args.command == "keys":
+        return keys_command(args, settings.actors)
     raise AssertionError(args.command)

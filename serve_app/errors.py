@@ -15,8 +15,10 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rayruns.actors.client import UnknownRun
+from rayruns.actors.limits import LiveRunLimit
 from rayruns.actors.registry import ConversationBusy
 from rayruns.actors.spec import INVALID_PROVIDER_OPTIONS, UNKNOWN_PROVIDER
+from rayruns.serve_app.auth import Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,41 @@ def error_response(
     status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
+
+
+def openai_error(
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """OpenAI's error body, for `/v1/chat/completions` (its clients parse this shape)."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def busy_message(exc: ConversationBusy) -> str:
+    return f"conversation {exc.conversation_id!r} has an active run {exc.run_id}"
+
+
+def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"}
+    if _is_chat(request):
+        return openai_error(401, exc.message, "invalid_request_error", "invalid_api_key", headers)
+    return error_response(401, exc.message, headers)
+
+
+def too_many_runs(request: Request, exc: LiveRunLimit) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after_s)}
+    message = str(exc)
+    if _is_chat(request):
+        return openai_error(429, message, "rate_limit_error", "rate_limit_exceeded", headers)
+    return error_response(429, message, headers)
+
+
+def _is_chat(request: Request) -> bool:
+    return request.url.path.endswith("/chat/completions")
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
@@ -73,7 +110,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_busy(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ConversationBusy)
-        return error_response(409, str(exc), run_id=exc.run_id)
+        return error_response(409, busy_message(exc), run_id=exc.run_id)
+
+    async def on_unauthorized(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Unauthorized)
+        return unauthorized(request, exc)
+
+    async def on_limit(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LiveRunLimit)
+        return too_many_runs(request, exc)
+
+    async def on_anything_else(_: Request, exc: Exception) -> JSONResponse:
+        # The exception's text may hold tracebacks, addresses or paths: it goes to the log.
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        return error_response(500, "internal error; the server's log has the details")
 
     async def on_unknown_run(_: Request, exc: Exception) -> JSONResponse:
         return error_response(404, f"no run {exc.args[0]!r}")
@@ -89,6 +139,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnknownRun, on_unknown_run)
     app.add_exception_handler(RayActorError, on_ray_down)
     app.add_exception_handler(RaySystemError, on_ray_down)
+    app.add_exception_handler(Unauthorized, on_unauthorized)
+    app.add_exception_handler(LiveRunLimit, on_limit)
+    app.add_exception_handler(Exception, on_anything_else)
 
 
 def _allowed_methods(request: Request) -> str:

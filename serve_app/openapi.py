@@ -189,6 +189,10 @@ def install_openapi(app: FastAPI, chat_body: type[BaseModel]) -> None:
                     ok["content"].pop("application/json", None)
                 for param in operation.get("parameters", ()):
                     _not_null(param)
+                if operation.get("security"):
+                    # A key is needed only once one exists (serve_app/auth.py): on a server
+                    # without keys every route is open, so no credentials is a valid choice.
+                    operation["security"].append({})
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         app.openapi_schema = doc

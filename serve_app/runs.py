@@ -13,12 +13,15 @@ from rayruns.actors.client import RegistryClient
 from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
 from rayruns.actors.records import Run, RunStatus
 from rayruns.actors.spec import ID_MAX
+from rayruns.serve_app.auth import CallerDep
 from rayruns.serve_app.errors import ApiError
 from rayruns.serve_app.openapi import RUN_EVENTS, answers
 from rayruns.serve_app.run_body import MessageTypes, RunBody, check_message_types
 from rayruns.serve_app.settings import ServeSettings
 from rayruns.serve_app.sse import ClosingEventSourceResponse, FrameEncoder, sse_body, wanted
 
+# Every route here acts for the caller's tenant (serve_app/auth.py): another tenant's run is
+# answered 404, as if it did not exist.
 router = APIRouter(prefix="/v1")
 
 
@@ -45,10 +48,12 @@ def _run_json(run: Run) -> dict[str, Any]:
 
 
 @router.post(
-    "/runs", response_model=None, responses=answers(400, 409, 413, 422, 503, sse=RUN_EVENTS)
+    "/runs",
+    response_model=None,
+    responses=answers(400, 401, 409, 413, 422, 429, 503, sse=RUN_EVENTS),
 )
-async def create_run(body: RunBody, rt: RuntimeDep) -> Response:
-    run, actor = await rt.client.create_run(body)
+async def create_run(body: RunBody, rt: RuntimeDep, caller: CallerDep) -> Response:
+    run, actor = await rt.client.create_run(body, caller.tenant)
     headers = {"X-Run-Id": run.id}
     frames = rt.client.follow(run.id, 0, actor)
 
@@ -71,28 +76,29 @@ async def create_run(body: RunBody, rt: RuntimeDep) -> Response:
     )
 
 
-@router.get("/runs", responses=answers(422, 503))
+@router.get("/runs", responses=answers(401, 422, 503))
 async def list_runs(
     rt: RuntimeDep,
+    caller: CallerDep,
     conversation_id: Annotated[str | None, Query(max_length=ID_MAX)] = None,
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[dict[str, Any]]:
-    runs = await rt.client.list_runs(conversation_id, status, limit)
+    runs = await rt.client.list_runs(conversation_id, status, limit, caller.tenant)
     return [_run_json(r) for r in runs]
 
 
-@router.get("/runs/{run_id}", responses=answers(404, 422, 503))
-async def get_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
-    run = await rt.client.get(run_id)
+@router.get("/runs/{run_id}", responses=answers(401, 404, 422, 503))
+async def get_run(run_id: RunIdPath, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    run = await rt.client.get(run_id, caller.tenant)
     if run is None:
         raise ApiError(404, f"no run {run_id!r}")
     return _run_json(run)
 
 
-@router.post("/runs/{run_id}/cancel", responses=answers(404, 413, 422, 503))
-async def cancel_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
-    run = await rt.client.cancel(run_id)
+@router.post("/runs/{run_id}/cancel", responses=answers(401, 404, 413, 422, 503))
+async def cancel_run(run_id: RunIdPath, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    run = await rt.client.cancel(run_id, caller.tenant)
     if run is None:
         raise ApiError(404, f"no run {run_id!r}")
     return _run_json(run)
@@ -101,11 +107,12 @@ async def cancel_run(run_id: RunIdPath, rt: RuntimeDep) -> dict[str, Any]:
 @router.get(
     "/runs/{run_id}/stream",
     response_model=None,
-    responses=answers(400, 404, 422, 503, sse=RUN_EVENTS, json_ok=False),
+    responses=answers(400, 401, 404, 422, 503, sse=RUN_EVENTS, json_ok=False),
 )
 async def stream_run(
     run_id: RunIdPath,
     rt: RuntimeDep,
+    caller: CallerDep,
     starting_after: Annotated[int | None, Query(ge=0)] = None,
     include_pings: bool = True,
     include_return_message_types: Annotated[MessageTypes | None, Query()] = None,
@@ -120,7 +127,7 @@ async def stream_run(
         types = check_message_types(include_return_message_types)
     except ValueError as exc:
         raise ApiError(422, f"include_return_message_types: {exc}") from None
-    _, actor = await rt.client.source(run_id)
+    _, actor = await rt.client.source(run_id, caller.tenant)
     frames = rt.client.follow(run_id, after, actor)
     return _sse(rt, run_id, frames, include_pings, types, {"X-Run-Id": run_id}, None)
 

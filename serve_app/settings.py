@@ -21,6 +21,7 @@ class ServeSettings(BaseSettings):
     max_ongoing_requests: int = Field(default=2000, ge=1)
     num_replicas: int = Field(default=1, ge=1)
     app_name: str = "rayruns"
+    auth_cache_s: float = Field(default=1.0, ge=0)
 
 
 class Settings(BaseModel):

@@ -17,8 +17,10 @@ from pydantic import SecretStr
 from ray import serve
 
 from rayruns.actors.client import RegistryClient
+from rayruns.actors.keys import KeyStore
 from rayruns.serve_app.app import deployment
 from rayruns.serve_app.settings import Settings
+from tests import error_bodies
 from tests.providers.support import API_KEY
 from tests.providers.wire_servers import WireServer, start_wire_server
 from tests.sse_client import Event, events_of
@@ -56,7 +58,15 @@ def settings(tmp_path_factory: pytest.TempPathFactory, vendor_server: WireServer
     s.serve.port = _free_port()
     s.serve.ping_interval_s = 0.3
     s.serve.max_body_bytes = 64 * 1024
+    s.serve.auth_cache_s = 0.0  # a key added or revoked counts at the next request
     return s
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_error_bodies(settings: Settings) -> None:
+    """Every error body the suite gets from the Serve app is kept for tests/test_zz_error_bodies."""
+    port = settings.serve.port
+    error_bodies.install(lambda request: request.url.port == port)
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +94,54 @@ def base_url(registry: Any, settings: Settings) -> Iterator[str]:
     serve.run(deployment(settings), name=settings.serve.app_name, route_prefix="/")
     yield f"http://127.0.0.1:{settings.serve.port}"
     serve.shutdown()
+
+
+@dataclass
+class Secured:
+    """A second Serve app with its own registry, database and limits, where keys exist.
+
+    Keys would close the main app to every other test, so auth and limit tests run here.
+    """
+
+    url: str
+    settings: Settings
+    registry: RegistryClient
+    keys: KeyStore
+
+    def add_key(self, name: str, tenant: str | None = None) -> str:
+        return self.keys.add(name, tenant)
+
+    def client(self, key: str | None, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+        headers = dict(headers or {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return httpx.AsyncClient(base_url=self.url, timeout=60, headers=headers)
+
+
+SECURED_MAX_LIVE = 20
+SECURED_MAX_PER_TENANT = 4
+
+
+@pytest.fixture(scope="session")
+def secured(base_url: str, settings: Settings) -> Iterator[Secured]:
+    s = settings.model_copy(deep=True)
+    s.actors.namespace = "rayruns-test-secured"  # its run actors apart from the main app's
+    s.actors.registry_name = "rayruns-registry-secured"
+    s.actors.db_path = settings.actors.resolved_db_path().with_name("secured.sqlite3")
+    s.actors.pool_size = 1
+    s.actors.max_live_runs = SECURED_MAX_LIVE
+    s.actors.max_live_runs_per_tenant = SECURED_MAX_PER_TENANT
+    s.serve.app_name = "rayruns-secured"
+    keys = KeyStore(s.actors.resolved_db_path())
+    keys.add("suite-admin")  # keys exist before the app takes its first request
+    registry = RegistryClient.connect(s.actors, s.providers)
+    registry.wait_ready()
+    serve.run(deployment(s), name=s.serve.app_name, route_prefix="/secured")
+    yield Secured(f"{base_url}/secured", s, registry, keys)
+    serve.delete(s.serve.app_name)
+    for name in [*run_actor_names(s.actors.namespace), s.actors.registry_name]:
+        ray.kill(ray.get_actor(name, namespace=s.actors.namespace), no_restart=True)
+    keys.close()
 
 
 @pytest.fixture

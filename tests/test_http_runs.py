@@ -154,6 +154,7 @@ async def test_get_and_list_runs(http: httpx.AsyncClient) -> None:
         "usage",
         "error",
         "metadata",
+        "tenant",
     }
     assert run["conversation_id"] == conversation and run["model"] == "fake/echo"
 
