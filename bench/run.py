@@ -278,6 +278,7 @@ def search_max(
 
 def measure_rayruns(work: Path, config: Config, plan: Plan) -> dict[str, Any]:
     """A Ray head with `config`'s environment, `rayruns serve` joined to it, every scenario."""
+    work.mkdir(parents=True, exist_ok=True)
     servers = Servers(work, config.ray_env, config.rayruns_env)
     env = {**config.ray_env, **config.rayruns_env}
     try:
