@@ -31,7 +31,7 @@ TARGETS: list[tuple[str, float, str, tuple[str, ...]]] = [
     ("batch_runs_per_s", 100, "ge", ("batch",)),
 ]
 
-PROVIDERS = ("fake", "openai", "anthropic", "google")
+VENDORS = ("fake", "openai", "anthropic", "google")
 
 
 def lookup(results: dict[str, Any], key: str) -> Any:
@@ -206,7 +206,7 @@ ROWS: list[tuple[str, str, str, str | None]] = [
         "MB",
         None,
     ),
-    *((f"… after a {p} run", f"idle_actor_uss_mb.after_{p}", "MB", None) for p in PROVIDERS),
+    *((f"… after a run through {p}", f"idle_actor_uss_mb.after_{p}", "MB", None) for p in VENDORS),
     ("… pooled actors after the fake runs (median)", "idle_actor_uss_mb.pooled_median", "MB", None),
     ("batch API, 1000 zero-delay runs", "batch_runs_per_s", "runs/s", "batch"),
     ("HTTP, zero-delay streamed runs (extra)", "http_runs_per_s", "runs/s", "http_runs"),
@@ -230,13 +230,13 @@ def _cell(summary: dict[str, Any], detail: dict[str, Any], key: str, scenario: s
 def _stream_table(name: str, detail: dict[str, Any], notes: list[str]) -> list[str]:
     rows = [
         "| streams | p50 / p99 ms | worst stream p99 ms | frames delivered | undelivered (late) "
-        "| server CPU % | load gen. CPU % |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| server CPU % | load gen. CPU % | rest of the machine CPU % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for k, p in detail.get("streams", {}).items():
         if p.get("skipped"):
             notes.append(f"{k} streams, {name}: not run: {p['skipped']}.")
-            rows.append(f"| {k} | not run¹ | | | | | |")
+            rows.append(f"| {k} | not run¹ | | | | | | |")
             continue
         lm = p["latency_ms"]
         scheduled = max(1, p.get("frames_scheduled", 0))
@@ -247,7 +247,8 @@ def _stream_table(name: str, detail: dict[str, Any], notes: list[str]) -> list[s
             f"| {p['frames_in_window'] / scheduled * 100:.0f} % "
             f"| {p.get('frames_undelivered', 0)}"
             + (f", {failed} streams failed" if failed else "")
-            + f" | {fmt(p.get('server_cpu_pct'))} | {fmt(p.get('loadgen_cpu_pct'))} |"
+            + f" | {fmt(p.get('server_cpu_pct'))} | {fmt(p.get('loadgen_cpu_pct'))} "
+            f"| {fmt(p.get('other_cpu_pct'))} |"
         )
     return rows
 
@@ -299,7 +300,8 @@ def markdown(res: dict[str, Any]) -> str:
             "Concurrent streams at 50 frames/s each. Latency = parsed by the client − the "
             "frame's scheduled time (start + n × 20 ms); every frame scheduled in the window "
             "counts, one never delivered as late by the time the client gave up. CPU during "
-            f"the window (100 % = one core; the machine has {m['cores']}).",
+            f"the window (100 % = one core; the machine has {m['cores']}); “rest of the "
+            "machine” is everything else that ran meanwhile (a shared machine).",
             "",
             *sections,
             *(f"¹ {n}" for n in notes),

@@ -28,6 +28,28 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 RUN_ACTOR_PREFIX = "rayruns-actor-"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "own_ray: starts Ray clusters of its own; runs before the session's Ray exists, so that "
+        "one Ray cluster runs at a time",
+    )
+    config.addinivalue_line("markers", "last: runs after every other test of the session")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = [i for i in items if i.get_closest_marker("own_ray")]
+    last = [i for i in items if i.get_closest_marker("last")]
+    middle = [i for i in items if i not in first and i not in last]
+    items[:] = first + middle + last
+
+
+@pytest.fixture
+def no_session_ray() -> None:
+    """For tests that start their own Ray: the session's is not up (one cluster at a time)."""
+    assert not ray.is_initialized(), "the session's Ray is up: own_ray tests must run first"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

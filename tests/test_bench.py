@@ -67,7 +67,7 @@ async def test_a_short_run_has_every_key(baseline: tuple[Target, int]) -> None:
     assert raw["cancel_upstream"]["cancel_to_upstream_close_ms"]["n"] == 1
     assert all(raw[s]["failures"] == 0 for s in ("start", "cancel", "cancel_upstream"))
 
-    memory = {f"{p}": 50.0 for p in ("bare", *report.PROVIDERS)}
+    memory = {f"{p}": 50.0 for p in ("bare", *report.VENDORS)}
     ours = {
         **raw,
         "idle": {"uss_mb_median": 50.0},

@@ -46,7 +46,7 @@ async def collect(provider: Provider, call: ProviderCall) -> list[ProviderEvent]
     return [event async for event in stream(provider, call)]
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     """Let the loop run until `predicate` holds (no wall-clock wait), failing after `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
