@@ -274,3 +274,14 @@ async def settled_actor_names(registry: RegistryClient, namespace: str) -> dict[
     raise AssertionError(
         f"run actors the registry does not know: {run_actor_names(namespace) - known}"
     )
+
+
+async def settled_pool(registry: Any, namespace: str, size: int) -> dict[str, list[str]]:
+    """The registry's actors once spares are trimmed and none is warming: trimming and refilling
+    run on the pool's own clock (pool_idle_s = 1 here), so this polls with a deadline."""
+    for _ in range(600):
+        names = await settled_actor_names(registry, namespace)
+        if not names["warming"] and len(names["idle"]) == size:
+            return names
+        await asyncio.sleep(0.05)
+    return await settled_actor_names(registry, namespace)

@@ -4,24 +4,12 @@ is one the registry knows, and the idle pool is back to its size."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import body, open_sse, run_actor_names, settled_actor_names, wait_terminal
-
-
-async def settled_pool(registry: Any, namespace: str, size: int) -> dict[str, list[str]]:
-    """The registry's actors once spares are trimmed and none is warming: trimming and refilling
-    run on the pool's own clock (pool_idle_s = 1 here), so this polls with a deadline."""
-    for _ in range(600):
-        names = await settled_actor_names(registry, namespace)
-        if not names["warming"] and len(names["idle"]) == size:
-            return names
-        await asyncio.sleep(0.05)
-    return await settled_actor_names(registry, namespace)
+from tests.conftest import body, open_sse, run_actor_names, settled_pool, wait_terminal
 
 
 @pytest.mark.last
