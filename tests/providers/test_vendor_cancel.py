@@ -10,31 +10,22 @@ import pytest
 from rayruns.actors.cancellation import drive
 from rayruns.providers.base import RunCancelled, TextDelta
 from tests.providers.support import (
+    HANG_GUARD_S,
+    NO_TIMEOUT,
     PROMPT_WORDS,
     VENDORS,
     ProviderFactory,
+    assert_closed_by_client,
     make_call,
     until,
     wait_threading_event,
 )
-from tests.providers.wire_servers import RecordedConnection, WireServer
+from tests.providers.wire_servers import WireServer
 
 pytestmark = pytest.mark.parametrize("vendor", VENDORS)
 
 # OpenAI reports the prompt's tokens only in the last chunk, which a cancelled stream never gets.
 PROMPT_AFTER_CANCEL = {"openai": 0, "anthropic": PROMPT_WORDS, "google": PROMPT_WORDS}
-
-
-# The stall models never end a response and the providers' read timeout is far beyond the
-# hang guard: a connection the client closes was closed by the cancel, however long it took.
-NO_TIMEOUT = {"provider_timeout_s": 3600.0}
-HANG_GUARD_S = 60.0
-
-
-async def assert_closed_by_client(conn: RecordedConnection, cancelled_at: float) -> None:
-    assert await wait_threading_event(conn.closed, HANG_GUARD_S), "the connection is still open"
-    assert conn.closed_by == "client"
-    assert conn.closed_at is not None and conn.closed_at >= cancelled_at
 
 
 async def test_cancel_at_a_yield_closes_the_connection(
