@@ -182,13 +182,17 @@ def frames(events: list[Event]) -> list[dict[str, Any]]:
     return [e.json for e in events if not e.done and e.id_field_seen]
 
 
-def assert_well_formed(events: list[Event]) -> None:
-    """Ids equal seq_ids and are consecutive; terminal frames in order; `[DONE]` last."""
+def assert_well_formed(events: list[Event], *, filtered: bool = False) -> None:
+    """Ids equal seq_ids and are consecutive (increasing, for a stream filtered by type);
+    terminal frames in order; `[DONE]` last."""
     assert events and events[-1].done, "every stream ends with [DONE]"
     assert sum(e.done for e in events) == 1
     logged = [e for e in events if not e.done and e.id_field_seen]
     seq_ids = [e.json["seq_id"] for e in logged]
-    assert seq_ids == list(range(seq_ids[0], seq_ids[0] + len(seq_ids))), seq_ids
+    if filtered:
+        assert seq_ids == sorted(set(seq_ids)), seq_ids
+    else:
+        assert seq_ids == list(range(seq_ids[0], seq_ids[0] + len(seq_ids))), seq_ids
     for e in logged:
         assert e.last_event_id == str(e.json["seq_id"])
         assert (e.type == "error") == (e.json["message_type"] == "error")

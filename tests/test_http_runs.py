@@ -56,7 +56,7 @@ async def test_char_chunks_and_message_type_filter(http: httpx.AsyncClient) -> N
         include_return_message_types=["reasoning_message"],
     )
     events = await collect(http, "POST", "/v1/runs", json=request)
-    assert_well_formed(events)
+    assert_well_formed(events, filtered=True)
     kinds = [f["message_type"] for f in frames(events)]
     assert kinds == ["reasoning_message"] * 2 + ["stop_reason", "usage_statistics"]
     # Filtered frames keep their seq ids: the usage frame is the log's 7th frame.
