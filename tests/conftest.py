@@ -204,7 +204,9 @@ def assert_well_formed(events: list[Event], *, filtered: bool = False) -> None:
 
 
 @contextlib.asynccontextmanager
-async def departures_handled(http: httpx.AsyncClient, registry: RegistryClient) -> AsyncIterator[None]:
+async def departures_handled(
+    http: httpx.AsyncClient, registry: RegistryClient
+) -> AsyncIterator[None]:
     """Clients that leave inside the block have been handled by the ingress once it exits.
 
     A control foreground run is open across the block and its client leaves last; the block

@@ -37,7 +37,7 @@ async def test_no_run_or_run_actor_is_left_behind(
     namespace, size = settings.actors.namespace, settings.actors.pool_size
     names = await settled_pool(registry, namespace, size)
     assert names["busy"] == [], f"runs still live after the suite: {names['busy']}"
-    assert (await registry.stats.remote())["live_runs"] == 0
+    assert (await registry.stats())["live_runs"] == 0
     assert names["warming"] == [] and len(names["idle"]) == size, names
     # Every idle handle is a live actor (a killed one would still be listed by the registry).
     assert run_actor_names(namespace) == set(names["idle"])
