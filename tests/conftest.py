@@ -85,7 +85,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory, vendor_server: WireServer
 
 @pytest.fixture(scope="session")
 def ray_session(settings: Settings) -> Iterator[None]:
+    # "local": the session's own Ray, never a cluster someone else started on this machine.
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         namespace=settings.actors.namespace,
