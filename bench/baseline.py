@@ -3,7 +3,11 @@
 Each run is a `RunActor` object living in this one process (the same pump, provider, frame log
 and frame JSON as rayruns, only no actor process and no Ray hop), streamed as SSE with the same
 encoding (`sse_starlette`, one chunk per batch, `[DONE]` last). It is the floor for Python SSE on
-this machine: whatever rayruns costs above it is the price of Ray and Serve.
+this machine. It skips, besides Ray and Serve: the registry (run records, the actor pool,
+conversation locks), the SQLite store (a run's record written at start and at the end, its log
+kept for resumption), the actor's reset before it serves the next run, ping frames (the timer
+per stream) and `GET /v1/runs/{id}/stream`. So the gap to rayruns is the price of Ray and Serve
+*and* of that bookkeeping, an upper bound on the price of Ray alone.
 
     python -m bench.baseline --port 8100
 """

@@ -48,8 +48,10 @@ async def batch(runs: Runs, spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "runs": n,
         "concurrency": concurrency,
-        "runs_per_s": round(n / elapsed, 1),
-        "failed": len(failed),
+        # Only completed runs count: a failed one is reported, not a run per second.
+        "runs_per_s": round((n - len(failed)) / elapsed, 1),
+        "failures": len(failed),
+        "failure_examples": [f"{r.status}: {r.error}" for r in failed[:3]],
         "run_ms_p50": round(statistics.median(durations), 2) if durations else None,
         "driver_cpu_pct": round((_cpu_s() - c0) / elapsed * 100, 1),
     }
@@ -78,7 +80,17 @@ async def idle_uss(runs: Runs, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-SCENARIOS = {"batch": batch, "idle_uss": idle_uss}
+async def idle_uss_by_provider(_runs: Runs, _spec: dict[str, Any]) -> dict[str, Any]:
+    """USS of an idle run actor after one run through each provider (the vendors' SDKs against
+    the local wire-format servers): what a pooled actor weighs once it has served that vendor."""
+    from bench.actor_memory import measure
+
+    by_provider = await measure()
+    vendors = {k: v for k, v in by_provider.items() if k != "bare"}
+    return {"uss_mb": by_provider, "uss_mb_max": max(vendors.values())}
+
+
+SCENARIOS = {"batch": batch, "idle_uss": idle_uss, "idle_uss_by_provider": idle_uss_by_provider}
 
 
 def main() -> None:

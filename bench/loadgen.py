@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import resource
 import sys
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.sse_client import Response, Target, open_request, request_json
-from bench.stats import summary
+from bench.stats import percentile, round_ms, summary
 
 CONTENT = ("assistant_message", "reasoning_message")
 FRAME_INTERVAL_S = 0.02  # 50 frames/s per stream
@@ -145,12 +146,20 @@ def _proc_name(p: Any) -> str:
     return str(p.name())
 
 
-async def _first_content_ms(target: Target, body: dict[str, Any]) -> tuple[float, Response]:
-    t0 = time.perf_counter()
-    response = await open_request(target, "POST", "/v1/runs", body)
-    if response.status != 200:
-        raise RuntimeError(f"POST /v1/runs: {response.status} {await response.read()!r}")
-    return t0, response
+class Failures:
+    """Samples that did not complete: counted and reported, never averaged in or dropped."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.errors: list[str] = []
+
+    def add(self, exc: BaseException | str) -> None:
+        self.count += 1
+        if len(self.errors) < 3:
+            self.errors.append(exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}")
+
+    def json(self) -> dict[str, Any]:
+        return {"failures": self.count, "failure_examples": self.errors}
 
 
 # --- scenarios -----------------------------------------------------------------------------
@@ -160,46 +169,77 @@ async def start_overhead(target: Target, spec: dict[str, Any]) -> dict[str, Any]
     """POST → first content frame parsed, zero-delay fake, one run after another."""
     n, warmup = int(spec.get("n", 60)), int(spec.get("warmup", 5))
     samples: list[float] = []
+    failures = Failures()
     settled_s = await settle(spec.get("server_pids", []))
     cpu = CpuWindow(spec.get("server_pids", []))
     for i in range(warmup + n):
         if i == warmup:
             cpu.start()
-        t0 = time.perf_counter()
-        response = await open_request(target, "POST", "/v1/runs", _body("alpha beta gamma"))
-        first: float | None = None
-        async for _, data in response.events():
-            if (
-                first is None
-                and data.startswith("{")
-                and json.loads(data).get("message_type") in CONTENT
-            ):
-                first = time.perf_counter()
-            if data == "[DONE]":
-                break
-        response.close()
-        if first is None:
-            raise RuntimeError("a run ended without a content frame")
+        try:
+            t0 = time.perf_counter()
+            response = await open_request(target, "POST", "/v1/runs", _body("alpha beta gamma"))
+            first: float | None = None
+            async for _, data in response.events():
+                if (
+                    first is None
+                    and data.startswith("{")
+                    and json.loads(data).get("message_type") in CONTENT
+                ):
+                    first = time.perf_counter()
+                if data == "[DONE]":
+                    break
+            response.close()
+            if first is None:
+                raise RuntimeError(f"HTTP {response.status}: no content frame")
+        except Exception as exc:
+            failures.add(exc)
+            continue
         if i >= warmup:
             samples.append((first - t0) * 1000)
-    return {"start_ms": summary(samples), "settled_s": settled_s, **cpu.stop()}
+    return {"start_ms": summary(samples), "settled_s": settled_s, **failures.json(), **cpu.stop()}
 
 
 @dataclass
 class _StreamState:
     latencies: list[float] = field(default_factory=list)
     first_frame: float | None = None
+    last_stamp: float | None = None  # the latest scheduled time seen (frames arrive in order)
     past_window: bool = False
     error: str | None = None
     frames: int = 0
 
 
-async def streams(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
-    """K concurrent 50 frames/s streams; latency = client parse time - frame creation stamp.
+def scheduled_in(window: tuple[float, float], ref: float | None, interval: float) -> list[float]:
+    """The scheduled times inside `window` of a stream whose frames fall on the grid through
+    `ref` (any stamp of it); without one, a grid through the window's start."""
+    t0, t1 = window
+    base = t0 if ref is None else ref
+    first = math.ceil((t0 - base) / interval - 1e-6)
+    last = math.floor((t1 - base) / interval + 1e-6)
+    return [base + j * interval for j in range(first, last + 1)]
 
-    Streams start staggered with random phase; the window opens `warmup_s` after every stream has
-    delivered a frame, lasts `duration_s`; a stream's frames stamped inside the window count,
-    however late they arrive (up to `drain_s` after the window).
+
+def stream_latencies(
+    state: _StreamState, window: tuple[float, float], interval: float, gave_up: float
+) -> tuple[list[float], int]:
+    """A stream's latencies in ms, every frame scheduled in the window counted: a frame never
+    delivered is late by at least `gave_up` (when the client stopped waiting) − its scheduled
+    time. Frames arrive in order, so the missing ones are those after the last stamp seen."""
+    after = state.last_stamp if state.last_stamp is not None else -math.inf
+    missing = [
+        s for s in scheduled_in(window, state.last_stamp, interval) if s > after + interval / 2
+    ]
+    return state.latencies + [(gave_up - s) * 1000 for s in missing], len(missing)
+
+
+async def streams(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
+    """K concurrent 50 frames/s streams; latency = client parse time − the frame's scheduled time.
+
+    The fake stamps each frame with the time it was due (start + n × delay, the way a vendor
+    sends tokens whether or not the actor keeps up). Streams start staggered with random phase;
+    the window opens `warmup_s` after every stream has delivered a frame, lasts `duration_s`;
+    every frame scheduled inside it counts, however late it arrives (up to `drain_s` after the
+    window), and a frame that never arrives counts as late by the time the client gave up.
     """
     k = int(spec["streams"])
     duration, warmup = float(spec.get("duration_s", 8)), float(spec.get("warmup_s", 2))
@@ -209,13 +249,17 @@ async def streams(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     chunks = int(total_s / FRAME_INTERVAL_S)
     body = _body("x " * chunks, delay_s=FRAME_INTERVAL_S, stamp=True)
     window: list[float] = []  # [t0, t1] once known (time.time())
-    window_set = asyncio.Event()
     states = [_StreamState() for _ in range(k)]
     all_started = asyncio.Event()
     started = 0
 
-    async def one(i: int) -> None:
+    def count_started() -> None:
         nonlocal started
+        started += 1
+        if started == k:
+            all_started.set()
+
+    async def one(i: int) -> None:
         state = states[i]
         await asyncio.sleep(i * stagger + random.uniform(0, FRAME_INTERVAL_S))
         response: Response | None = None
@@ -233,23 +277,22 @@ async def streams(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
                 t = now()
                 stamp = float(frame["content"])
                 state.frames += 1
+                state.last_stamp = stamp
                 if state.first_frame is None:
                     state.first_frame = t
-                    started += 1
-                    if started == k:
-                        all_started.set()
+                    count_started()
                 if window:
                     if stamp > window[1]:
                         state.past_window = True
                         break
                     if stamp >= window[0]:
                         state.latencies.append((t - stamp) * 1000)
+            if not state.past_window:
+                raise RuntimeError("the stream ended before the window did")
         except Exception as exc:
             state.error = f"{type(exc).__name__}: {exc}"
             if state.first_frame is None:
-                started += 1
-                if started == k:
-                    all_started.set()
+                count_started()
         finally:
             if response is not None:
                 response.close()
@@ -264,7 +307,6 @@ async def streams(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.sleep(warmup)
     t0 = time.time()
     window.extend([t0, t0 + duration])
-    window_set.set()
     cpu = CpuWindow(spec.get("server_pids", []))
     cpu.start()
     await asyncio.sleep(duration)
@@ -273,18 +315,31 @@ async def streams(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     for task in pending:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    latencies = [x for s in states for x in s.latencies]
+    gave_up = time.time()
+    latencies: list[float] = []
+    per_stream_p99: list[float] = []
+    undelivered = delivered = 0
+    for state in states:
+        mine, missing = stream_latencies(state, (t0, t0 + duration), FRAME_INTERVAL_S, gave_up)
+        latencies += mine
+        undelivered += missing
+        delivered += len(state.latencies)
+        p99 = percentile(mine, 99)
+        if p99 is not None:
+            per_stream_p99.append(p99)
     errors = [s.error for s in states if s.error]
     stalled = sum(1 for s in states if not s.past_window and not s.error)
-    expected = k * duration / FRAME_INTERVAL_S
     return {
         "streams": k,
         "ramp_s": round(ramp_s, 2),
         "settled_s": settled_s,
         "latency_ms": summary(latencies),
-        "frames_in_window": len(latencies),
-        "frames_expected_approx": int(expected),
-        "frames_per_s": round(len(latencies) / duration, 1),
+        "worst_stream_p99_ms": round(max(per_stream_p99), 2) if per_stream_p99 else None,
+        "median_stream_p99_ms": round_ms(percentile(per_stream_p99, 50)),
+        "frames_scheduled": len(latencies),
+        "frames_in_window": delivered,
+        "frames_undelivered": undelivered,
+        "frames_per_s": round(delivered / duration, 1),
         "streams_failed": len(errors),
         "streams_not_drained": stalled,
         "errors": errors[:3],
@@ -337,26 +392,34 @@ async def cancel(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     gate = asyncio.Semaphore(concurrency)
     flowing = _body("x " * 2000, delay_s=FRAME_INTERVAL_S)
     hung = _body("x " * 2000, hang_after=3)
+    failures = Failures()
 
-    async def sample(i: int) -> tuple[float, float]:
+    async def sample(i: int) -> tuple[float, float] | None:
         async with gate:
-            return await _cancel_one(target, flowing if i % 2 else hung, 3)
+            try:
+                return await _cancel_one(target, flowing if i % 2 else hung, 3)
+            except Exception as exc:
+                failures.add(exc)
+                return None
 
     await asyncio.gather(*(sample(i) for i in range(warmup)))
+    failures = Failures()
     settled_s = await settle(spec.get("server_pids", []))
     cpu = CpuWindow(spec.get("server_pids", []))
     cpu.start()
-    results = await asyncio.gather(*(sample(i) for i in range(n)))
+    results = [r for r in await asyncio.gather(*(sample(i) for i in range(n))) if r is not None]
     return {
         "cancel_to_done_ms": summary([r[0] for r in results]),
         "cancel_answered_ms": summary([r[1] for r in results]),
         "settled_s": settled_s,
+        **failures.json(),
         **cpu.stop(),
     }
 
 
 async def cancel_upstream(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI provider against the local wire server: cancel sent → upstream connection closed."""
+    """OpenAI provider against the local wire server: cancel sent → upstream connection closed.
+    A connection not seen closing within 5 s is a failure, not a sample."""
     from tests.providers.wire_servers import start_wire_server
 
     server = start_wire_server(port=int(spec["wire_port"]))
@@ -367,18 +430,23 @@ async def cancel_upstream(target: Target, spec: dict[str, Any]) -> dict[str, Any
     }
     to_close: list[float] = []
     to_done: list[float] = []
+    failures = Failures()
     try:
         await _cancel_one(target, body, 5)  # warmup: the actor loads the SDK
         await settle(spec.get("server_pids", []))
         for _ in range(n):
             sent: list[float] = []
-            done_ms, _ = await _cancel_one(target, body, 5, sent.append)
+            try:
+                done_ms, _ = await _cancel_one(target, body, 5, sent.append)
+            except Exception as exc:
+                failures.add(exc)
+                continue
             to_done.append(done_ms)
             request = server.recorder.last_request("stall-5")
             conn = request.connection
             closed = await asyncio.to_thread(conn.closed.wait, 5.0)
             if not closed or conn.closed_at is None:
-                to_close.append(float("inf"))
+                failures.add("the upstream connection was still open 5 s after the cancel")
             else:
                 to_close.append((conn.closed_at - sent[0]) * 1000)
     finally:
@@ -386,25 +454,123 @@ async def cancel_upstream(target: Target, spec: dict[str, Any]) -> dict[str, Any
     return {
         "cancel_to_upstream_close_ms": summary(to_close),
         "cancel_to_done_ms": summary(to_done),
+        **failures.json(),
+    }
+
+
+async def _drain(response: Response) -> None:
+    async for _ in response.chunks():
+        pass
+
+
+async def _disconnect_one(target: Target, body: dict[str, Any]) -> float:
+    """A foreground run whose client leaves after 3 content frames: ms from closing the
+    connection to the `stop_reason` frame, read by a second client that joined the run."""
+    response = await open_request(target, "POST", "/v1/runs", body)
+    if response.status != 200:
+        raise RuntimeError(f"POST /v1/runs: HTTP {response.status}")
+    run_id = response.headers["x-run-id"]
+    seen = last_seq = 0
+    events = response.events()
+    async for _, data in events:
+        frame = json.loads(data)
+        if frame.get("message_type") in CONTENT:
+            seen, last_seq = seen + 1, frame["seq_id"]
+            if seen == 3:
+                break
+    else:
+        raise RuntimeError("the run ended before the client could leave")
+    watch = await open_request(
+        target, "GET", f"/v1/runs/{run_id}/stream?include_pings=false&starting_after={last_seq}"
+    )
+    try:
+        if watch.status != 200:
+            raise RuntimeError(f"GET /v1/runs/{{id}}/stream: HTTP {watch.status}")
+        await events.aclose()
+        t0 = time.perf_counter()
+        await response.aclose()
+        async for _, data in watch.events():
+            if data.startswith("{") and '"stop_reason"' in data:
+                frame = json.loads(data)
+                if frame.get("message_type") != "stop_reason":
+                    continue
+                if frame["stop_reason"] != "cancelled":
+                    raise RuntimeError(f"the run ended {frame['stop_reason']!r}, not cancelled")
+                return (time.perf_counter() - t0) * 1000
+        raise RuntimeError("the joined stream ended without a stop_reason frame")
+    finally:
+        watch.close()
+
+
+async def disconnect(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
+    """Client leaves a foreground run → the run is cancelled, `n` times one after another,
+    beside `streams` live 50 frames/s streams read by this process."""
+    n, k = int(spec.get("n", 100)), int(spec.get("streams", 40))
+    warmup = int(spec.get("warmup", 5))
+    load_body = _body("x " * int(3600 / FRAME_INTERVAL_S), delay_s=FRAME_INTERVAL_S)
+    body = _body("x " * 2000, delay_s=FRAME_INTERVAL_S)
+    load: list[Response] = []
+    readers: list[asyncio.Future[None]] = []
+    failures = Failures()
+    samples: list[float] = []
+    try:
+        for _ in range(k):
+            response = await open_request(target, "POST", "/v1/runs", load_body)
+            if response.status != 200:
+                raise RuntimeError(f"background stream: HTTP {response.status}")
+            load.append(response)
+        readers += [asyncio.ensure_future(_drain(r)) for r in load]
+        settled_s = await settle(spec.get("server_pids", []))
+        cpu = CpuWindow(spec.get("server_pids", []))
+        for i in range(warmup + n):
+            if i == warmup:
+                cpu.start()
+            try:
+                ms = await _disconnect_one(target, body)
+            except Exception as exc:
+                if i >= warmup:
+                    failures.add(exc)
+                continue
+            if i >= warmup:
+                samples.append(ms)
+        cpu_result = cpu.stop()
+        dead = sum(1 for r in readers if r.done())
+    finally:
+        for response in load:
+            response.close()
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    return {
+        "disconnect_to_cancelled_ms": summary(samples),
+        "background_streams": k,
+        "background_streams_ended_early": dead,
+        "settled_s": settled_s,
+        **failures.json(),
+        **cpu_result,
     }
 
 
 async def http_runs(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
-    """`n` zero-delay streaming runs over HTTP, `concurrency` at a time: runs per second."""
+    """`n` zero-delay streaming runs over HTTP, `concurrency` at a time: completed runs per
+    second (a run without `[DONE]` is a failure, not a run)."""
     n, concurrency = int(spec.get("n", 500)), int(spec.get("concurrency", 16))
     gate = asyncio.Semaphore(concurrency)
-    failures = 0
+    failures = Failures()
 
     async def one() -> None:
-        nonlocal failures
         async with gate:
-            response = await open_request(target, "POST", "/v1/runs", _body("alpha beta gamma"))
-            ok = False
-            async for _, data in response.events():
-                if data == "[DONE]":
-                    ok = True
-            response.close()
-            failures += not ok
+            try:
+                response = await open_request(target, "POST", "/v1/runs", _body("alpha beta gamma"))
+                ok = False
+                async for _, data in response.events():
+                    if data == "[DONE]":
+                        ok = True
+                response.close()
+                if not ok:
+                    raise RuntimeError(f"HTTP {response.status}: no [DONE]")
+            except Exception as exc:
+                failures.add(exc)
 
     await settle(spec.get("server_pids", []))
     cpu = CpuWindow(spec.get("server_pids", []))
@@ -412,7 +578,8 @@ async def http_runs(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(n)))
     elapsed = time.perf_counter() - t0
-    return {"runs_per_s": round(n / elapsed, 1), "failures": failures, **cpu.stop()}
+    completed = n - failures.count
+    return {"runs_per_s": round(completed / elapsed, 1), **failures.json(), **cpu.stop()}
 
 
 SCENARIOS = {
@@ -421,6 +588,7 @@ SCENARIOS = {
     "cancel": cancel,
     "cancel_upstream": cancel_upstream,
     "http_runs": http_runs,
+    "disconnect": disconnect,
 }
 
 

@@ -98,6 +98,10 @@ def wait_healthy(url: str, proc: Proc, timeout_s: float = 180.0) -> None:
     raise RuntimeError(f"{proc.name} not healthy at {url} after {timeout_s}s:\n{proc.tail()}")
 
 
+class RayExited(RuntimeError):
+    pass
+
+
 @dataclass
 class Servers:
     """The Ray head, `rayruns serve` joined to it, and the baseline; each on its own ports."""
@@ -157,7 +161,19 @@ class Servers:
         env["RAYRUNS_OPENAI_BASE_URL"] = f"http://127.0.0.1:{self.wire_port}/v1"
         return env
 
-    def start_ray(self) -> Proc:
+    def start_ray(self, attempts: int = 3) -> Proc:
+        """`ray start --head`; on a shared machine another process may take a port between
+        choosing it and Ray binding it, so a head that exits early is retried on fresh ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_ray()
+            except RayExited:
+                if attempt == attempts:
+                    raise
+                self.gcs_port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_ray(self) -> Proc:
         # Short: Ray's unix sockets live under it.
         self.ray_temp = Path(tempfile.mkdtemp(prefix="rrb-", dir="/tmp"))
         ports = [free_port() for _ in range(7)]
@@ -176,7 +192,9 @@ class Servers:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if not proc.alive():
-                raise RuntimeError(f"ray start exited:\n{proc.tail()}")
+                self.procs.remove(proc)
+                shutil.rmtree(self.ray_temp, ignore_errors=True)
+                raise RayExited(f"ray start exited:\n{proc.tail()}")
             if b"block forever" in proc.log_path.read_bytes():
                 return proc
             time.sleep(0.5)

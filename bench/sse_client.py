@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -82,7 +82,7 @@ class Response:
     async def read(self) -> bytes:
         return b"".join([c async for c in self.chunks()])
 
-    async def events(self) -> AsyncIterator[tuple[str, str]]:
+    async def events(self) -> AsyncGenerator[tuple[str, str], None]:
         """(event type, data) of each SSE event with data; comments and ids are skipped."""
         buffer = b""
         sep = b""

@@ -16,7 +16,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def _round(value: float | None) -> float | None:
+def round_ms(value: float | None) -> float | None:
     if value is None or math.isinf(value):
         return value
     return round(value, 2)
@@ -25,9 +25,9 @@ def _round(value: float | None) -> float | None:
 def summary(values: Sequence[float]) -> dict[str, Any]:
     return {
         "n": len(values),
-        "p50": _round(percentile(values, 50)),
-        "p90": _round(percentile(values, 90)),
-        "p99": _round(percentile(values, 99)),
-        "max": _round(max(values)) if values else None,
-        "mean": _round(sum(values) / len(values)) if values else None,
+        "p50": round_ms(percentile(values, 50)),
+        "p90": round_ms(percentile(values, 90)),
+        "p99": round_ms(percentile(values, 99)),
+        "max": round_ms(max(values)) if values else None,
+        "mean": round_ms(sum(values) / len(values)) if values else None,
     }

@@ -63,8 +63,9 @@ class FakeOptions(CommonOptions):
     fail_after: JsonInt = Field(default=0, ge=0)
     hang_after: Count | None = None
     tool_call: FakeToolCall | None = None
-    # Benchmarks: each text chunk becomes `time.time()` when it is produced ("<seconds> "),
-    # so a client can measure how long the frame took to reach it.
+    # Benchmarks: each text chunk becomes its scheduled time ("<seconds> "), start + n × delay_s,
+    # and the chunks keep to that schedule (a stalled pump catches up, as a vendor's tokens wait
+    # in the socket), so a client measures a starved run as late frames, not as fewer frames.
     stamp: bool = False
 
 
@@ -101,17 +102,23 @@ class FakeProvider(Provider):
                     pieces += [ReasoningDelta(text=c) for c in split_chunks(opts.reasoning, "word")]
                 pieces += [TextDelta(text=c) for c in split_chunks(text, opts.chunk)]
                 sent = 0
+                # Wall clock for the stamps a client compares with its own; the loop's clock to
+                # sleep until each chunk's scheduled time.
+                wall0, loop0 = time.time(), asyncio.get_running_loop().time()
                 for piece in pieces:
                     if opts.fail is not None and sent == opts.fail_after:
                         raise _failure(opts.fail, sent)
                     if opts.hang_after is not None and sent == opts.hang_after:
                         await asyncio.Event().wait()  # a provider gone silent
-                    if opts.delay_s:
+                    if opts.stamp:
+                        due = loop0 + (sent + 1) * opts.delay_s
+                        await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+                    elif opts.delay_s:
                         await asyncio.sleep(opts.delay_s)
                     sent += 1
                     call.usage.completion_tokens = sent
                     if opts.stamp and isinstance(piece, TextDelta):
-                        piece = TextDelta(text=f"{time.time():.6f} ")
+                        piece = TextDelta(text=f"{wall0 + sent * opts.delay_s:.6f} ")
                     yield piece
                 if opts.fail is not None:
                     raise _failure(opts.fail, sent)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,28 @@ from tests.sse_client import Event, events_of
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 RUN_ACTOR_PREFIX = "rayruns-actor-"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "own_ray: starts Ray clusters of its own; runs before the session's Ray exists, so that "
+        "one Ray cluster runs at a time",
+    )
+    config.addinivalue_line("markers", "last: runs after every other test of the session")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = [i for i in items if i.get_closest_marker("own_ray")]
+    last = [i for i in items if i.get_closest_marker("last")]
+    middle = [i for i in items if i not in first and i not in last]
+    items[:] = first + middle + last
+
+
+@pytest.fixture
+def no_session_ray() -> None:
+    """For tests that start their own Ray: the session's is not up (one cluster at a time)."""
+    assert not ray.is_initialized(), "the session's Ray is up: own_ray tests must run first"
 
 
 def _free_port() -> int:
@@ -71,7 +95,9 @@ def record_error_bodies(settings: Settings) -> None:
 
 @pytest.fixture(scope="session")
 def ray_session(settings: Settings) -> Iterator[None]:
+    # "local": the session's own Ray, never a cluster someone else started on this machine.
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         namespace=settings.actors.namespace,
@@ -216,11 +242,17 @@ def frames(events: list[Event]) -> list[dict[str, Any]]:
     return [e.json for e in events if not e.done and e.id_field_seen]
 
 
-def assert_well_formed(events: list[Event]) -> None:
-    """Ids equal seq_ids and are consecutive; terminal frames in order; `[DONE]` last."""
+def assert_well_formed(events: list[Event], *, filtered: bool = False) -> None:
+    """Ids equal seq_ids and are consecutive (increasing, for a stream filtered by type);
+    terminal frames in order; `[DONE]` last."""
     assert events and events[-1].done, "every stream ends with [DONE]"
     assert sum(e.done for e in events) == 1
     logged = [e for e in events if not e.done and e.id_field_seen]
+    seq_ids = [e.json["seq_id"] for e in logged]
+    if filtered:
+        assert seq_ids == sorted(set(seq_ids)), seq_ids
+    else:
+        assert seq_ids == list(range(seq_ids[0], seq_ids[0] + len(seq_ids))), seq_ids
     for e in logged:
         assert e.last_event_id == str(e.json["seq_id"])
         assert (e.type == "error") == (e.json["message_type"] == "error")
@@ -229,6 +261,62 @@ def assert_well_formed(events: list[Event]) -> None:
     assert kinds[-2:] == ["stop_reason", "usage_statistics"]
     if "error" in kinds:
         assert kinds[-3] == "error" and kinds.count("error") == 1
+
+
+@contextlib.asynccontextmanager
+async def departures_handled(
+    http: httpx.AsyncClient, registry: RegistryClient
+) -> AsyncIterator[None]:
+    """Clients that leave inside the block have been handled by the ingress once it exits.
+
+    A control foreground run is open across the block and its client leaves last; the block
+    ends when the control run is cancelled. The ingress handles departures in the order the
+    connections close and the registry starts calls in the order they come, so a wrong cancel of
+    a run left inside the block has reached the registry by then (it may still be ending: see
+    `goes_on`). A leaving client has no event of its own to wait for.
+    """
+    control, cm = await open_sse(
+        http, "POST", "/v1/runs", json=body("control run", provider_options={"hang_after": 1})
+    )
+    await control.next_frame()
+    try:
+        yield
+    finally:
+        await cm.__aexit__(None, None, None)
+    assert (await wait_terminal(registry, control.run_id, timeout_s=60)).status == "cancelled"
+
+
+async def goes_on(http: httpx.AsyncClient, run_id: str, after: int, more: int = 10) -> None:
+    """After `departures_handled`: the run still makes progress (a reader joined now gets `more`
+    content frames past `after`: at 50 ms a frame, far longer than a cancel already under way
+    takes to land), then it ends by the test's own cancel."""
+    joined, cm = await open_sse(
+        http, "GET", f"/v1/runs/{run_id}/stream", params={"starting_after": after}
+    )
+    try:
+        got = 0
+        while got < more:
+            frame = await joined.next_frame()
+            assert not frame.done, joined.seen
+            got += frame.json["message_type"] == "assistant_message"
+        await cancel_while_running(http, run_id)
+        await joined.rest()
+    finally:
+        await cm.__aexit__(None, None, None)
+    assert frames(joined.seen)[-2]["stop_reason"] == "cancelled"
+
+
+async def cancel_while_running(http: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    """The run is still running; cancel it, and check it ended by this cancel, not earlier."""
+    run = (await http.get(f"/v1/runs/{run_id}")).json()
+    assert run["status"] == "running", run
+    sent = datetime.now(UTC)
+    response = await http.post(f"/v1/runs/{run_id}/cancel")
+    assert response.status_code == 200, response.text
+    ended: dict[str, Any] = response.json()
+    assert ended["status"] == "cancelled", ended
+    assert datetime.fromisoformat(ended["completed_at"]) >= sent, (ended, sent)
+    return ended
 
 
 async def wait_terminal(registry: RegistryClient, run_id: str, timeout_s: float = 30) -> Any:
@@ -252,3 +340,14 @@ async def settled_actor_names(registry: RegistryClient, namespace: str) -> dict[
     raise AssertionError(
         f"run actors the registry does not know: {run_actor_names(namespace) - known}"
     )
+
+
+async def settled_pool(registry: Any, namespace: str, size: int) -> dict[str, list[str]]:
+    """The registry's actors once spares are trimmed and none is warming: trimming and refilling
+    run on the pool's own clock (pool_idle_s = 1 here), so this polls with a deadline."""
+    for _ in range(600):
+        names = await settled_actor_names(registry, namespace)
+        if not names["warming"] and len(names["idle"]) == size:
+            return names
+        await asyncio.sleep(0.05)
+    return await settled_actor_names(registry, namespace)

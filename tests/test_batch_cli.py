@@ -26,6 +26,9 @@ from typing import Any
 import psutil
 import pytest
 
+# Each invocation starts its own local Ray: these tests run before the session's Ray exists.
+pytestmark = [pytest.mark.own_ray, pytest.mark.usefixtures("no_session_ray")]
+
 RAYRUNS = Path(sys.executable).with_name("rayruns")
 FAILS = ["timeout", "rate_limit", "auth", "bad_request", "error"]
 ERROR_TYPE = {
@@ -301,14 +304,11 @@ def test_ctrl_c_cancels_the_runs_in_flight_and_exits_130(cli: Cli, tmp_path: Pat
     try:
         stderr = LineReader(proc.stderr)
         stderr.wait_for(r"finished \(2 completed, 0 failed, 0 cancelled, 4 running\)", 60)
-        interrupted = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-        assert proc.wait(timeout=15) == 130
-        took = time.monotonic() - interrupted
-        log = stderr.rest(5)
+        assert proc.wait(timeout=60) == 130  # a hang guard, not a timing
+        log = stderr.rest(30)
     finally:
         _kill(proc)
-    assert took < 10, f"exited {took:.1f}s after Ctrl-C"
     assert summary_counts(log) == {"runs": 6, "completed": 2, "failed": 0, "cancelled": 4}
     assert "6 runs not done; run the same command again to resume" in log
     records = by_id(read_out(out))

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench import loadgen, run
+from bench import loadgen, report, run
 from bench.procs import free_port
 from bench.sse_client import Target
 
@@ -57,35 +57,60 @@ async def test_a_short_run_has_every_key(baseline: tuple[Target, int]) -> None:
     points = {}
     for k in (1, 20):
         point = await loadgen.streams(target, {"streams": k, **spec})
-        assert point["frames_in_window"] > 0 and point["streams_failed"] == 0
+        assert point["frames_in_window"] > 0 and point["streams_failed"] == 0, point
+        assert point["frames_scheduled"] >= point["frames_in_window"]
         point["ok"] = run.point_ok(point)
-        point["ok_full_rate"] = run.full_rate(point)
+        point["ok_every_stream"] = run.every_stream_ok(point)
         points[str(k)] = point
     raw["streams"] = points
     raw["search"] = run.search_max(lambda k: points[str(k)], points, 0)
     assert raw["cancel_upstream"]["cancel_to_upstream_close_ms"]["n"] == 1
+    assert all(raw[s]["failures"] == 0 for s in ("start", "cancel", "cancel_upstream"))
 
-    ours = {**raw, "idle": {"uss_mb_median": 50.0}, "batch": {"runs_per_s": 100.0}}
-    results: dict[str, Any] = run.summarize(ours, with_ray=True)
-    results["baseline"] = run.summarize(raw, with_ray=False)
-    results["targets_met"] = run.targets_met(results)
-    for key in (
-        "start_overhead_ms_p50",
-        "frame_latency_p50_ms",
-        "frame_latency_p99_ms",
-        "max_streams_at_p99_250ms",
-        "cancel_to_done_ms_p50",
-        "cancel_to_done_ms_p99",
-        "cancel_to_upstream_close_ms_p99",
-        "idle_actor_uss_mb",
-        "batch_runs_per_s",
-    ):
-        assert results[key] is not None, key
-    assert set(results["frame_latency_p99_ms"]) == {"1", "20"}
+    memory = {f"{p}": 50.0 for p in ("bare", *report.VENDORS)}
+    ours = {
+        **raw,
+        "idle": {"uss_mb_median": 50.0},
+        "memory": {"uss_mb": memory, "uss_mb_max": 50.0},
+        "batch": {"runs_per_s": 100.0, "failures": 0},
+        "disconnect": {"disconnect_to_cancelled_ms": {"p50": 5.0, "p99": 9.0}, "failures": 0},
+    }
+    configs = {"defaults": run.CONFIGS["defaults"], "tuned": run.CONFIGS["tuned"]}
+    results = report.results(
+        {"defaults": ours, "tuned": ours, "baseline": raw}, configs, quick=True
+    )
+    for name in configs:
+        summary = results[name]
+        for key, *_ in report.TARGETS:
+            assert report.lookup(summary, key) is not None, key
+        assert set(summary["frame_latency_p99_ms"]) == {"1", "20"}
+        assert None not in summary["targets_met"].values()
     assert results["baseline"]["cancel_to_done_ms_p99"] is not None
-    assert None not in results["targets_met"].values()
-
-    results |= {"quick": True, "machine": run.machine(), "details": {"rayruns": ours}}
-    results["config"] = {"ray_env": {}, "rayruns_env": {}}
-    table = run.markdown(results)
+    table = report.markdown(results)
     assert "at p99 ≤ 250 ms |" in table and "| 20 |" in table
+    assert run.CONFIGS["defaults"].label in table and run.CONFIGS["tuned"].label in table
+
+
+def test_a_failed_sample_fails_its_target_and_shows() -> None:
+    summary = {
+        "cancel_to_done_ms_p99": 5.0,
+        "batch_runs_per_s": 500.0,
+        "failures": {"cancel": 1, "batch": 0},
+    }
+    met = report.targets_met(summary)
+    assert met["cancel_to_done_ms_p99"] is False
+    assert met["batch_runs_per_s"] is True
+    summary["targets_met"] = met
+    assert "(1 failed)" in report._cell(summary, {}, "cancel_to_done_ms_p99", "cancel")
+
+
+def test_an_undelivered_frame_counts_as_late_from_its_scheduled_time() -> None:
+    state = loadgen._StreamState(latencies=[5.0, 5.0], last_stamp=100.04)
+    # A 0.2 s window of 20 ms frames from 100.0: 11 scheduled, two delivered (100.02, 100.04).
+    window = (100.0, 100.2)
+    assert len(loadgen.scheduled_in(window, 100.04, 0.02)) == 11
+    latencies, missing = loadgen.stream_latencies(state, window, 0.02, gave_up=110.0)
+    assert missing == 8  # 100.06 … 100.20
+    assert len(latencies) == 10
+    assert max(latencies) == pytest.approx((110.0 - 100.06) * 1000)
+    assert min(latencies[2:]) == pytest.approx((110.0 - 100.2) * 1000)

@@ -54,7 +54,8 @@ async def test_cancel_while_awaiting_the_network_cancels_the_pending_anext() -> 
     call = fake_call(hang_after=2)
     gen = fake_stream(call)
     driven = drive(gen, call.cancelled)
-    assert [await anext(driven), await anext(driven)]
+    received = [await anext(driven), await anext(driven)]
+    assert [e.text for e in received if isinstance(e, TextDelta)] == ["alpha ", "beta "]
     pending = asyncio.ensure_future(anext(driven))
     await _until_awaiting_inside(gen)
     call.cancelled.set()
@@ -143,3 +144,13 @@ async def test_provider_errors_propagate_with_their_type() -> None:
 def test_word_chunks_concatenate_to_the_text(text: str) -> None:
     assert "".join(split_chunks(text, "word")) == text
     assert "".join(split_chunks(text, "char")) == text
+
+
+async def test_stamped_chunks_carry_their_scheduled_times() -> None:
+    # Chunk n is due at start + n × delay_s and says so, however late it is actually produced:
+    # a benchmark then counts a starved pump as late frames (bench/README.md).
+    call = fake_call("a b c d e", delay_s=0.001, stamp=True)
+    events = [e async for e in drive(fake_stream(call), call.cancelled)]
+    stamps = [float(e.text) for e in events if isinstance(e, TextDelta)]
+    assert len(stamps) == 5
+    assert [round((b - a) * 1e6) for a, b in zip(stamps, stamps[1:], strict=False)] == [1000] * 4

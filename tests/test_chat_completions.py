@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import wait_terminal
+from tests.conftest import departures_handled, goes_on, wait_terminal
 
 
 @pytest.fixture
@@ -186,17 +186,18 @@ async def test_closing_the_stream_cancels_the_run(
 
 
 async def test_background_completion_survives_a_close(
-    client: openai.AsyncOpenAI, registry: Any
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient, registry: Any
 ) -> None:
-    raw = await client.chat.completions.with_raw_response.create(
-        model="fake/echo",
-        messages=user("a b c d"),
-        stream=True,
-        extra_body={"background": True, "provider_options": {"delay_s": 0.05}},
-    )
-    stream = raw.parse()
-    async for _ in stream:
-        break
-    await stream.close()
-    run = await wait_terminal(registry, raw.headers["x-run-id"])
-    assert run.status == "completed"
+    words = " ".join(f"w{i}" for i in range(2000))  # never ends by itself within the test
+    async with departures_handled(http, registry):
+        raw = await client.chat.completions.with_raw_response.create(
+            model="fake/echo",
+            messages=user(words),
+            stream=True,
+            extra_body={"background": True, "provider_options": {"delay_s": 0.05}},
+        )
+        stream = raw.parse()
+        async for _ in stream:
+            break
+        await stream.close()
+    await goes_on(http, raw.headers["x-run-id"], after=0, more=12)

@@ -56,7 +56,7 @@ async def test_char_chunks_and_message_type_filter(http: httpx.AsyncClient) -> N
         include_return_message_types=["reasoning_message"],
     )
     events = await collect(http, "POST", "/v1/runs", json=request)
-    assert_well_formed(events)
+    assert_well_formed(events, filtered=True)
     kinds = [f["message_type"] for f in frames(events)]
     assert kinds == ["reasoning_message"] * 2 + ["stop_reason", "usage_statistics"]
     # Filtered frames keep their seq ids: the usage frame is the log's 7th frame.
@@ -65,18 +65,37 @@ async def test_char_chunks_and_message_type_filter(http: httpx.AsyncClient) -> N
 
 
 async def test_pings_while_idle(http: httpx.AsyncClient) -> None:
-    request = body("slow words here", provider_options={"delay_s": 0.5})
-    events = await collect(http, "POST", "/v1/runs", json=request)
-    assert_well_formed(events)
-    pings = [e for e in events if not e.done and e.json["message_type"] == "ping"]
-    assert pings, "a 0.5 s gap exceeds the 0.3 s ping interval"
-    for ping in pings:
-        assert not ping.id_field_seen
-        assert ping.json["run_id"] == frames(events)[0]["run_id"]
-    seq_ids = [p.json["seq_id"] for p in pings]
-    assert seq_ids[0] is None and any(isinstance(s, int) for s in seq_ids)
+    # A hung provider: nothing but pings can come, so their order is fixed, not raced.
+    before_any, cm = await open_sse(
+        http, "POST", "/v1/runs", json=body("a b", provider_options={"hang_after": 0})
+    )
+    try:
+        ping = (await before_any.next()).json
+        assert ping == {"message_type": "ping", "run_id": before_any.run_id, "seq_id": None}
+        assert not before_any.seen[0].id_field_seen
+        await http.post(f"/v1/runs/{before_any.run_id}/cancel")
+        await before_any.rest()
+    finally:
+        await cm.__aexit__(None, None, None)
+    assert_well_formed(before_any.seen)
 
-    quiet = await collect(http, "POST", "/v1/runs", json={**request, "include_pings": False})
+    after_one, cm = await open_sse(
+        http, "POST", "/v1/runs", json=body("a b", provider_options={"hang_after": 1})
+    )
+    try:
+        first = (await after_one.next()).json
+        assert first["message_type"] == "assistant_message"
+        ping = (await after_one.next()).json
+        assert ping["message_type"] == "ping" and ping["seq_id"] == first["seq_id"]
+        await http.post(f"/v1/runs/{after_one.run_id}/cancel")
+        await after_one.rest()
+    finally:
+        await cm.__aexit__(None, None, None)
+    assert_well_formed(after_one.seen)
+
+    # Gaps of 0.5 s against a 0.3 s interval: pings, unless they were asked away.
+    request = body("slow words here", provider_options={"delay_s": 0.5}, include_pings=False)
+    quiet = await collect(http, "POST", "/v1/runs", json=request)
     assert all(e.done or e.json["message_type"] != "ping" for e in quiet)
 
 

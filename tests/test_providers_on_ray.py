@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import assert_well_formed, body, collect, frames, open_sse, wait_terminal
+from tests.providers.support import assert_closed_by_client
 from tests.providers.wire_servers import WireServer
 
 VENDORS = ["openai", "anthropic", "google"]
@@ -19,9 +21,11 @@ async def test_a_vendor_run_streams_like_the_fake(http: httpx.AsyncClient, vendo
     assert_well_formed(events)
     got = frames(events)
     text = "".join(f["content"] for f in got if f["message_type"] == "assistant_message")
-    assert text.split()  # the server's scripted words
+    assert text == "w0 w1 w2 w3 "  # the server's script for text-4
     assert got[-2]["stop_reason"] == "end_turn"
-    assert got[-1]["completion_tokens"] > 0
+    # The server counts the prompt's words ("hello world") and the chunks it sent.
+    usage = {k: got[-1][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    assert usage == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
@@ -48,9 +52,10 @@ async def test_cancel_of_a_silent_vendor_closes_the_connection(
     try:
         await stream.next_frame()
         request = vendor_server.recorder.last_request(model.split("/", 1)[1])
+        sent = time.monotonic()
         cancelled = (await http.post(f"/v1/runs/{stream.run_id}/cancel")).json()
         assert cancelled["status"] == "cancelled"
-        assert request.connection.closed.wait(1.0), "the upstream connection stayed open"
+        await assert_closed_by_client(request.connection, sent)
         rest = await stream.rest()
         assert frames(rest)[-2]["stop_reason"] == "cancelled"
     finally:
@@ -69,8 +74,9 @@ async def test_cancel_mid_stream_closes_the_connection(
     try:
         await stream.next_frame()
         request = vendor_server.recorder.last_request(model.split("/", 1)[1])
+        sent = time.monotonic()
         await http.post(f"/v1/runs/{stream.run_id}/cancel")
-        assert request.connection.closed.wait(1.0), "the upstream connection stayed open"
+        await assert_closed_by_client(request.connection, sent)
         await stream.rest()
     finally:
         await cm.__aexit__(None, None, None)
@@ -79,21 +85,29 @@ async def test_cancel_mid_stream_closes_the_connection(
 
 
 async def test_a_missing_key_fails_without_the_network(
-    http: httpx.AsyncClient, settings: Any
+    http: httpx.AsyncClient, settings: Any, vendor_server: WireServer
 ) -> None:
     # The session's settings carry keys; a run actor built without one must refuse at once.
     from rayruns.actors.remote import new_run_actor
     from rayruns.actors.spec import RunSpec
     from rayruns.providers.settings import ProviderSettings
 
-    bare = ProviderSettings(_env_file=None, openai_api_key=None)  # type: ignore[call-arg]
+    # Pointed at the wire server, so that a request it should not make is seen, not sent out.
+    bare = ProviderSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        openai_api_key=None,
+        openai_base_url=vendor_server.base_urls["openai"],
+    )
     actor = new_run_actor("rayruns-actor-test-no-key", settings.actors, bare)
     try:
-        spec = RunSpec(model="openai/text", messages=[{"role": "user", "content": "x"}])
+        model = "openai/text-no-key-probe"
+        spec = RunSpec(model=model, messages=[{"role": "user", "content": "x"}])
         await actor.start.remote("run-no-key", spec)
         result = await actor.result.remote("run-no-key")
         assert result.outcome.error.error_type == "llm_authentication"
         assert "OPENAI_API_KEY" in result.outcome.error.message
+        seen = [r for r in vendor_server.recorder.requests if r.model == "text-no-key-probe"]
+        assert seen == [], "the run reached the vendor's server without a key"
     finally:
         import ray
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
 
-from tests.conftest import assert_well_formed, body, collect, frames, open_sse, wait_terminal
+from tests.conftest import (
+    SSEStream,
+    assert_well_formed,
+    body,
+    cancel_while_running,
+    collect,
+    departures_handled,
+    frames,
+    goes_on,
+    open_sse,
+    wait_terminal,
+)
 
 WORDS = " ".join(f"w{i}" for i in range(12))
+LONG = " ".join(f"w{i}" for i in range(2000))  # never ends by itself within a test
 
 
 async def test_resume_from_every_cursor_after_the_end(http: httpx.AsyncClient) -> None:
@@ -43,32 +54,47 @@ async def test_last_event_id_is_a_cursor(http: httpx.AsyncClient) -> None:
 async def test_resume_during_the_run_has_no_gap_and_no_duplicate(
     http: httpx.AsyncClient, registry: Any
 ) -> None:
-    request = body(WORDS, background=True, provider_options={"delay_s": 0.05})
+    # Six words, then the provider hangs: the resume is live, never a replay of an ended run.
+    request = body(WORDS, background=True, provider_options={"hang_after": 6})
     stream, cm = await open_sse(http, "POST", "/v1/runs", json=request)
     first = [(await stream.next_frame()).json for _ in range(3)]
     await cm.__aexit__(None, None, None)  # drop the connection mid-run
     cursor = first[-1]["seq_id"]
-    resumed = await collect(
+    resumed, rcm = await open_sse(
         http, "GET", f"/v1/runs/{stream.run_id}/stream", headers={"Last-Event-ID": str(cursor)}
     )
-    combined = first + frames(resumed)
+    try:
+        more = [(await resumed.next_frame()).json for _ in range(3)]
+        await cancel_while_running(http, stream.run_id)
+        await resumed.rest()
+    finally:
+        await rcm.__aexit__(None, None, None)
+    assert_well_formed(resumed.seen)
+    combined = first + frames(resumed.seen)
+    assert combined[3:6] == more
     assert [f["seq_id"] for f in combined] == list(range(1, len(combined) + 1))
     text = "".join(f["content"] for f in combined if f["message_type"] == "assistant_message")
-    assert text == WORDS
-    run = await wait_terminal(registry, stream.run_id)
-    assert run.status == "completed", "a background run goes on without its client"
+    assert text == "w0 w1 w2 w3 w4 w5 "
+    assert combined[-2]["stop_reason"] == "cancelled"
 
 
 async def test_a_second_client_joins_a_live_foreground_run(http: httpx.AsyncClient) -> None:
-    request = body(WORDS, provider_options={"delay_s": 0.05})
+    request = body(WORDS, provider_options={"hang_after": 4})
     owner, cm = await open_sse(http, "POST", "/v1/runs", json=request)
     try:
         await owner.next_frame()
-        joined = await collect(http, "GET", f"/v1/runs/{owner.run_id}/stream")
+        joined, jcm = await open_sse(http, "GET", f"/v1/runs/{owner.run_id}/stream")
+        try:
+            await joined.next_frame()
+            await cancel_while_running(http, owner.run_id)  # joined while it ran
+            await joined.rest()
+        finally:
+            await jcm.__aexit__(None, None, None)
         mine = await owner.rest()
         assert_well_formed(owner.seen)
-        assert_well_formed(joined)
-        assert frames(joined) == frames(owner.seen)
+        assert_well_formed(joined.seen)
+        assert frames(joined.seen) == frames(owner.seen)
+        assert frames(joined.seen)[-2]["stop_reason"] == "cancelled"
         assert mine[-1].done
     finally:
         await cm.__aexit__(None, None, None)
@@ -81,7 +107,7 @@ async def test_a_foreground_run_whose_client_leaves_is_cancelled(
     stream, cm = await open_sse(http, "POST", "/v1/runs", json=request)
     await stream.next_frame()
     await cm.__aexit__(None, None, None)
-    run = await wait_terminal(registry, stream.run_id, timeout_s=30)
+    run = await wait_terminal(registry, stream.run_id, timeout_s=60)  # a hang guard
     assert run.status == "cancelled" and run.stop_reason == "cancelled"
     replay = frames(await collect(http, "GET", f"/v1/runs/{stream.run_id}/stream"))
     assert replay[-2]["stop_reason"] == "cancelled"
@@ -90,27 +116,29 @@ async def test_a_foreground_run_whose_client_leaves_is_cancelled(
 async def test_a_background_run_whose_client_leaves_goes_on(
     http: httpx.AsyncClient, registry: Any
 ) -> None:
-    request = body("a b c d e f", background=True, provider_options={"delay_s": 0.05})
-    stream, cm = await open_sse(http, "POST", "/v1/runs", json=request)
-    await stream.next_frame()
-    await cm.__aexit__(None, None, None)
-    run = await wait_terminal(registry, stream.run_id)
-    assert run.status == "completed" and run.background
-    assert run.usage.completion_tokens == 6
+    request = body(LONG, background=True, provider_options={"delay_s": 0.05})
+    async with departures_handled(http, registry):
+        stream, cm = await open_sse(http, "POST", "/v1/runs", json=request)
+        first = await stream.next_frame()
+        await cm.__aexit__(None, None, None)
+    await goes_on(http, stream.run_id, first.json["seq_id"])
+    assert (await wait_terminal(registry, stream.run_id)).background
 
 
 async def test_a_reader_leaving_a_joined_stream_does_not_cancel(
     http: httpx.AsyncClient, registry: Any
 ) -> None:
-    request = body("a b c d e f", provider_options={"delay_s": 0.05})
+    request = body(LONG, provider_options={"delay_s": 0.05})
     owner, owner_cm = await open_sse(http, "POST", "/v1/runs", json=request)
     try:
-        await owner.next_frame()
-        watcher, cm = await open_sse(http, "GET", f"/v1/runs/{owner.run_id}/stream")
-        await watcher.next_frame()
-        await cm.__aexit__(None, None, None)
+        first = await owner.next_frame()
+        async with departures_handled(http, registry):
+            watcher, cm = await open_sse(http, "GET", f"/v1/runs/{owner.run_id}/stream")
+            await watcher.next_frame()
+            await cm.__aexit__(None, None, None)
+        await goes_on(http, owner.run_id, first.json["seq_id"])
         rest = await owner.rest()
-        assert frames(rest)[-2]["stop_reason"] == "end_turn"
+        assert frames(rest)[-2]["stop_reason"] == "cancelled"
     finally:
         await owner_cm.__aexit__(None, None, None)
 
@@ -118,25 +146,26 @@ async def test_a_reader_leaving_a_joined_stream_does_not_cancel(
 async def test_resume_from_every_cursor_during_the_run(
     http: httpx.AsyncClient, registry: Any
 ) -> None:
-    request = body(WORDS, background=True, provider_options={"delay_s": 0.1})
+    request = body(WORDS, background=True, provider_options={"hang_after": 8})
     owner, cm = await open_sse(http, "POST", "/v1/runs", json=request)
+    cursors = range(5)
+    joined: list[tuple[SSEStream, Any]] = []
     try:
         for _ in range(4):
             await owner.next_frame()
-        cursors = range(5)
-        joined = await asyncio.gather(
-            *(
-                collect(
-                    http, "GET", f"/v1/runs/{owner.run_id}/stream", params={"starting_after": c}
-                )
-                for c in cursors
-            )
-        )
+        for c in cursors:
+            url = f"/v1/runs/{owner.run_id}/stream"
+            joined.append(await open_sse(http, "GET", url, params={"starting_after": c}))
+        await cancel_while_running(http, owner.run_id)  # every reader joined a live run
+        for stream, _ in joined:
+            await stream.rest()
         await owner.rest()
     finally:
+        for _, jcm in joined:
+            await jcm.__aexit__(None, None, None)
         await cm.__aexit__(None, None, None)
     logged = frames(owner.seen)
-    assert (await wait_terminal(registry, owner.run_id)).status == "completed"
-    for cursor, events in zip(cursors, joined, strict=True):
-        assert_well_formed(events)
-        assert frames(events) == logged[cursor:], cursor
+    assert logged[-2]["stop_reason"] == "cancelled"
+    for cursor, (stream, _) in zip(cursors, joined, strict=True):
+        assert_well_formed(stream.seen)
+        assert frames(stream.seen) == logged[cursor:], cursor

@@ -13,7 +13,7 @@ from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.registry import ConversationBusy
 from rayruns.actors.remote import ActorHandle
 from rayruns.actors.spec import RunSpec
-from tests.conftest import settled_actor_names, wait_terminal
+from tests.conftest import run_actor_names, settled_actor_names, settled_pool, wait_terminal
 
 
 def request(text: str = "alpha beta gamma", **options: Any) -> RunSpec:
@@ -218,17 +218,21 @@ async def test_the_pool_never_gives_one_actor_two_runs(registry: RegistryClient)
 
 
 async def test_a_dead_pooled_actor_is_replaced(registry: RegistryClient, settings: Any) -> None:
-    for name in (await registry.actor_names())["idle"]:
-        ray.kill(ray.get_actor(name, namespace=settings.actors.namespace))
+    namespace, size = settings.actors.namespace, settings.actors.pool_size
+    settled = await settled_pool(registry, namespace, size)
+    assert len(settled["idle"]) == size and not settled["warming"], settled
+    # The pool hands out its most recently idle actor: kill exactly that one, so the next run
+    # meets it (and no dead handle is left for later tests).
+    doomed = settled["idle"][-1]
+    before = (await registry.stats())["replaced"]
+    ray.kill(ray.get_actor(doomed, namespace=namespace))
     run, actor = await registry.create_run(request("still works"))
     frames = await read_all(registry, run.id, actor)
     assert stop_reason_of(frames) == "end_turn"
-    for _ in range(400):
-        stats = await registry.stats()
-        if stats["idle"] == settings.actors.pool_size:
-            break
-        await asyncio.sleep(0.05)  # refilling starts processes; nothing to await from here
-    assert stats["idle"] == settings.actors.pool_size
+    assert (await registry.stats())["replaced"] == before + 1
+    after = await settled_pool(registry, namespace, size)
+    assert doomed not in after["idle"] and len(after["idle"]) == size, after
+    assert set(after["idle"]) <= run_actor_names(namespace), "a dead handle stayed in the pool"
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,26 +11,14 @@ from rayruns.providers.base import Provider
 from rayruns.providers.catalog import make_provider
 from rayruns.providers.settings import ProviderSettings
 from tests.providers.support import API_KEY, ProviderFactory
-from tests.providers.wire_servers import WireServer, start_wire_server
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The leak check looks at every connection the other provider tests opened: it goes last.
-    last = [i for i in items if i.get_closest_marker("after_all_provider_tests")]
-    items[:] = [i for i in items if i not in last] + last
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "after_all_provider_tests: run after every other test of the session"
-    )
+from tests.providers.wire_servers import WireServer
 
 
 @pytest.fixture(scope="session")
-def wire() -> Iterator[WireServer]:
-    server = start_wire_server()
-    yield server
-    server.stop()
+def wire(vendor_server: WireServer) -> WireServer:
+    """The session's one wire server: these tests' providers and the run actors' SDKs talk to
+    it, so the leak check sees both."""
+    return vendor_server
 
 
 @pytest.fixture

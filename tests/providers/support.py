@@ -8,6 +8,7 @@ from typing import Any
 
 from rayruns.actors.cancellation import drive
 from rayruns.providers.base import Message, Provider, ProviderCall, ProviderEvent
+from tests.providers.wire_servers import RecordedConnection
 
 VENDORS = ("openai", "anthropic", "google")
 API_KEY = "sk-wire-SECRET-0123456789"
@@ -46,7 +47,7 @@ async def collect(provider: Provider, call: ProviderCall) -> list[ProviderEvent]
     return [event async for event in stream(provider, call)]
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     """Let the loop run until `predicate` holds (no wall-clock wait), failing after `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -59,3 +60,15 @@ async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
 async def wait_threading_event(event: Any, timeout: float) -> bool:
     """Wait for a `threading.Event` set by the wire server's thread, without blocking the loop."""
     return bool(await asyncio.to_thread(event.wait, timeout))
+
+
+# The stall models never end a response and the providers' read timeout is far beyond the
+# hang guard: a connection the client closes was closed by the cancel, however long it took.
+NO_TIMEOUT = {"provider_timeout_s": 3600.0}
+HANG_GUARD_S = 60.0
+
+
+async def assert_closed_by_client(conn: RecordedConnection, cancelled_at: float) -> None:
+    assert await wait_threading_event(conn.closed, HANG_GUARD_S), "the connection is still open"
+    assert conn.closed_by == "client"
+    assert conn.closed_at is not None and conn.closed_at >= cancelled_at

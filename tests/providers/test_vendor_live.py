@@ -1,12 +1,18 @@
-"""Opt-in calls to the real vendor APIs: each runs only when its key is in the environment.
+"""Opt-in calls to the real, paid vendor APIs.
 
-RAYRUNS_LIVE_OPENAI_MODEL / RAYRUNS_LIVE_ANTHROPIC_MODEL / RAYRUNS_LIVE_GOOGLE_MODEL
-pick the model (defaults below); the keys are read as the providers read them.
+Deselected by default (pyproject's `addopts`); `.venv/bin/pytest -m live` runs them. Each vendor
+runs only with its key in RAYRUNS_LIVE_OPENAI_API_KEY / RAYRUNS_LIVE_ANTHROPIC_API_KEY /
+RAYRUNS_LIVE_GOOGLE_API_KEY: never the SDKs' own variables (OPENAI_API_KEY, …) or the server's
+RAYRUNS_<VENDOR>_API_KEY, so a key in the environment for other reasons is never spent here.
+RAYRUNS_LIVE_<VENDOR>_MODEL picks the model (defaults below).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Mapping
 
 import pytest
 
@@ -16,7 +22,7 @@ from rayruns.providers.catalog import make_provider
 from rayruns.providers.settings import ProviderSettings
 from tests.providers.support import VENDORS, collect, make_call
 
-pytestmark = [pytest.mark.live, pytest.mark.parametrize("vendor", VENDORS)]
+each_vendor = pytest.mark.parametrize("vendor", VENDORS)
 
 DEFAULT_MODELS = {
     "openai": "gpt-4.1-mini",
@@ -26,14 +32,59 @@ DEFAULT_MODELS = {
 COUNT = [Message(role="user", content="Count from 1 to 20, one number per line.")]
 
 
+def live_key_variable(vendor: str) -> str:
+    return f"RAYRUNS_LIVE_{vendor.upper()}_API_KEY"
+
+
+def live_settings(vendor: str, environ: Mapping[str, str]) -> ProviderSettings | None:
+    """Settings holding only the live key (None without one); every vendor's key set, so no
+    environment fallback fills one in."""
+    key = environ.get(live_key_variable(vendor))
+    if not key:
+        return None
+    keys = {f"{v}_api_key": (key if v == vendor else "unused") for v in VENDORS}
+    return ProviderSettings(**keys)
+
+
+@each_vendor
+def test_only_the_live_variables_give_a_key(monkeypatch: pytest.MonkeyPatch, vendor: str) -> None:
+    generic = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"}
+    environ = {name: "sk-generic" for name in generic} | {
+        f"RAYRUNS_{vendor.upper()}_API_KEY": "sk-server"
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert live_settings(vendor, environ) is None
+    settings = live_settings(vendor, environ | {live_key_variable(vendor): "sk-live"})
+    assert settings is not None
+    key = getattr(settings, f"{vendor}_api_key")
+    assert key is not None and key.get_secret_value() == "sk-live"
+
+
+def test_live_tests_are_deselected_by_default() -> None:
+    keys = {live_key_variable(vendor): "sk-live" for vendor in VENDORS}
+    env = {**os.environ, **keys, "PYTEST_ADDOPTS": ""}
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "test_live_stream" not in listed and "test_live_cancel" not in listed, listed
+    assert "test_only_the_live_variables_give_a_key[openai]" in listed, listed
+
+
 def live_provider(vendor: str):  # type: ignore[no-untyped-def]
-    settings = ProviderSettings()
-    if getattr(settings, f"{vendor}_api_key") is None:
-        pytest.skip(f"no {vendor} key in the environment")
+    settings = live_settings(vendor, os.environ)
+    if settings is None:
+        pytest.skip(f"no {live_key_variable(vendor)} in the environment")
     model = os.environ.get(f"RAYRUNS_LIVE_{vendor.upper()}_MODEL", DEFAULT_MODELS[vendor])
     return make_provider(vendor, settings), model
 
 
+@pytest.mark.live
+@each_vendor
 async def test_live_stream(vendor: str) -> None:
     provider, model = live_provider(vendor)
     try:
@@ -46,6 +97,8 @@ async def test_live_stream(vendor: str) -> None:
         await provider.aclose()
 
 
+@pytest.mark.live
+@each_vendor
 async def test_live_cancel(vendor: str) -> None:
     provider, model = live_provider(vendor)
     try:

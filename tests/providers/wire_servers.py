@@ -543,6 +543,13 @@ class Recorder:
         with self._lock:
             return [c for c in self.connections if c.closed_at is None]
 
+    def wait_all_answered(self, timeout: float) -> bool:
+        """Wait until every request seen so far has ended (answered, or its client gone)."""
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: all(r.outcome is not None for r in self.requests), timeout
+            )
+
     def wait_all_closed(self, timeout: float) -> bool:
         """Wait until every connection seen so far has closed."""
         with self._lock:
@@ -757,6 +764,10 @@ class WireServer:
     @property
     def url(self) -> str:
         return f"http://{self._host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
 
     @property
     def base_urls(self) -> dict[Vendor, str]:
