@@ -47,7 +47,7 @@ async def test_the_targeted_errors_are_clean(http: httpx.AsyncClient) -> None:
     assert bad_options.status_code == 422, bad_options.text
     assert bad_options.json()["detail"].startswith("provider_options for 'openai'")
 
-    # 400: bad chat options, through the registry.
+    # Bad chat options: 422 in OpenAI's shape.
     chat_bad = await http.post(
         "/v1/chat/completions",
         json={
@@ -56,7 +56,7 @@ async def test_the_targeted_errors_are_clean(http: httpx.AsyncClient) -> None:
             "provider_options": {"no_such": 1},
         },
     )
-    assert chat_bad.status_code == 400
+    assert chat_bad.status_code == 422, chat_bad.text
     assert chat_bad.json()["error"]["message"].startswith("provider_options for 'fake'")
 
     for answer in (busy, chat_busy, bad_options, chat_bad):
