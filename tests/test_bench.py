@@ -53,7 +53,7 @@ async def test_a_short_run_has_every_key(baseline: tuple[Target, int]) -> None:
         "cancel_upstream": await loadgen.cancel_upstream(target, {"n": 1, "wire_port": wire_port}),
         "http_runs": await loadgen.http_runs(target, {"n": 5, "concurrency": 2}),
     }
-    spec = {"duration_s": 0.4, "warmup_s": 0.1, "drain_s": 5}
+    spec = {"duration_s": 1.0, "warmup_s": 0.1, "drain_s": 5}
     points = {}
     for k in (1, 20):
         point = await loadgen.streams(target, {"streams": k, **spec})
