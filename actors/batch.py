@@ -27,7 +27,7 @@ from rayruns.actors.limits import LiveRunLimit
 from rayruns.actors.records import Run
 from rayruns.actors.registry import ConversationBusy
 from rayruns.actors.remote import ActorHandle
-from rayruns.actors.spec import RunSpec
+from rayruns.actors.spec import InvalidRun, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class BatchEngine:
                 self._on_start(item)
             try:
                 created = await self._admitted(item.spec)
-            except ConversationBusy as exc:
+            except (ConversationBusy, InvalidRun) as exc:
                 return invalid_result(item.id, item.say(str(exc)))
             if created is None:  # stopped while waiting for room: it never started
                 return RunResult(

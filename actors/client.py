@@ -8,6 +8,7 @@ restarting) pass through as they are.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -18,7 +19,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.keys import AuthCheck
 from rayruns.actors.records import Run, RunStatus, terminal_frames
-from rayruns.actors.registry import RunRegistry
+from rayruns.actors.registry import ConversationView, RunRegistry
 from rayruns.actors.remote import ActorHandle
 from rayruns.actors.run_actor import NotThisRun
 from rayruns.actors.settings import ActorSettings
@@ -71,11 +72,28 @@ class RegistryClient:
     # run is answered as unknown); None is the trusted view, which sees every run.
 
     async def create_run(self, spec: RunSpec, tenant: str | None = None) -> tuple[Run, ActorHandle]:
-        """Record and start a run: its record and its actor. Raises ConversationBusy, or
-        LiveRunLimit (too many live runs: nothing was started; retry after `retry_after_s`)."""
-        run: Run
-        run, actor = await self._call("create_run", spec.only_spec(), tenant)
+        """Record and start a run: its record and its actor. Raises ConversationBusy, InvalidRun
+        (an unknown server tool, approvals that do not fit the conversation), or LiveRunLimit
+        (too many live runs: nothing was started; retry after `retry_after_s`)."""
+        pending = self.handle.create_run.remote(spec.only_spec(), tenant)
+        try:
+            run: Run
+            run, actor = await pending
+        except RayTaskError as exc:
+            raise exc.cause from None
+        except asyncio.CancelledError:
+            # The caller left (e.g. an HTTP client while its run was enqueued): stop waiting
+            # for the conversation there too, so no run starts that nobody asked for any more.
+            ray.cancel(pending)
+            raise
         return run, actor
+
+    async def conversation(
+        self, conversation_id: str, tenant: str | None = None
+    ) -> ConversationView | None:
+        """The conversation's messages and pending calls (None: no run of the tenant used it)."""
+        view: ConversationView | None = await self._call("conversation", conversation_id, tenant)
+        return view
 
     async def get(self, run_id: str, tenant: str | None = None) -> Run | None:
         run: Run | None = await self._call("get", run_id, tenant)

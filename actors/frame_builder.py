@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import assert_never
+from typing import Literal, assert_never
 
 from rayruns.actors.frame_log import FrameLog
 from rayruns.actors.frames import (
@@ -12,6 +12,7 @@ from rayruns.actors.frames import (
     ReasoningMessage,
     ToolCallBody,
     ToolCallMessage,
+    ToolReturnMessage,
 )
 from rayruns.providers.base import ProviderEvent, ReasoningDelta, TextDelta, ToolCall
 
@@ -47,10 +48,25 @@ class FrameBuilder:
         else:
             assert_never(event)
 
-    def request_approvals(self) -> None:
-        """Tool calls this runtime does not execute go back to the client for a decision."""
-        for call in self.tool_calls:
+    def request_approvals(self, calls: list[ToolCall]) -> None:
+        """Calls that need the client go back to it for a decision, one frame each."""
+        for call in calls:
             self._log_tool_frame(ApprovalRequestMessage, call)
+
+    def tool_return(
+        self, tool_call_id: str, status: Literal["success", "error"], content: str
+    ) -> None:
+        self.end_message()
+        frame = ToolReturnMessage(
+            run_id=self._run_id,
+            seq_id=self._log.next_seq,
+            id=new_message_id(),
+            step=self._step,
+            tool_call_id=tool_call_id,
+            status=status,
+            content=content,
+        )
+        self._log.append(frame.message_type, frame.model_dump_json())
 
     def _log_tool_frame(
         self, cls: type[ToolCallMessage | ApprovalRequestMessage], call: ToolCall

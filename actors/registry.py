@@ -20,17 +20,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from pydantic import BaseModel
 from ray.exceptions import RayActorError
 
+from rayruns.actors.conversation import (
+    InvalidContinuation,
+    PendingCall,
+    RunContext,
+    cancelled_wait,
+    resolve,
+)
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.keys import AuthCheck, KeyStore
 from rayruns.actors.limits import Admission, default_max_live_runs, timed_out
 from rayruns.actors.pool import ActorPool, RunActorRef
 from rayruns.actors.records import Outcome, Run, RunError, RunStatus, Usage, utcnow
 from rayruns.actors.remote import ActorHandle
+from rayruns.actors.server_tools import ToolCatalog
 from rayruns.actors.settings import ActorSettings
-from rayruns.actors.spec import RunSpec
-from rayruns.actors.store import RunStore
+from rayruns.actors.spec import InvalidRun, RunSpec
+from rayruns.actors.store import HistoryUpdate, RunStore, history_key
+from rayruns.actors.tool_requests import ServerToolRef
+from rayruns.providers.base import Message
 from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +57,16 @@ class ConversationBusy(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.conversation_id, self.run_id))
+
+
+class ConversationView(BaseModel):
+    """A conversation as `GET /v1/conversations/{id}/messages` shows it."""
+
+    conversation_id: str
+    messages: list[tuple[str, Message]]  # (the run that added it, the message)
+    pending: list[PendingCall]
+    pending_run_id: str | None
+    active_run_id: str | None
 
 
 @dataclass
@@ -78,6 +99,8 @@ class RunRegistry:
         self.refused_writes = 0
         self._incarnation = uuid.uuid4().hex  # tells a restarted registry from its predecessor
         self._pool = ActorPool(settings, provider_settings)
+        # Loaded here too, so that a request naming an unknown server tool is refused up front.
+        self._catalog = ToolCatalog.load(settings.tool_modules)
         self._recover()
         self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
 
@@ -86,11 +109,28 @@ class RunRegistry:
     async def create_run(self, spec: RunSpec, tenant: str | None = None) -> tuple[Run, ActorHandle]:
         """Record a new run, give it an actor and start it.
 
-        Raises ConversationBusy, or LiveRunLimit before any actor is taken or spawned.
+        Raises InvalidRun (an unknown server tool; approvals or tool messages that do not fit
+        the conversation's pending calls), ConversationBusy (with `multitask_strategy`
+        `reject`), or LiveRunLimit before any actor is taken or spawned.
         """
+        servers = [t.name for t in spec.tools if isinstance(t, ServerToolRef)]
+        unknown = self._catalog.unknown(servers)
+        if unknown:
+            known = ", ".join(sorted(self._catalog.tools)) or "none (set RAYRUNS_TOOLS)"
+            raise InvalidRun(f"tools: no server tool {', '.join(unknown)}; registered: {known}")
         conversation = spec.conversation_id
-        if conversation is not None and (tenant, conversation) in self._conversations:
-            raise ConversationBusy(conversation, self._conversations[(tenant, conversation)])
+        context = RunContext.fresh(spec.messages)
+        if conversation is None and spec.approvals:
+            raise InvalidContinuation(
+                "approvals: nothing awaits approval in a run without a conversation_id"
+            )
+        if conversation is not None:
+            await self._wait_turn((tenant, conversation), spec)
+            # No await from here until the run holds the conversation.
+            key = history_key(tenant, conversation)
+            _, pending = self._store.pending(key)
+            history = [m for _, m in self._store.history(key)]
+            context = RunContext(history, resolve(pending, spec.approvals, spec.messages))
         run = Run(
             id=new_run_id(),
             status="created",
@@ -111,22 +151,61 @@ class RunRegistry:
             raise
         if conversation is not None:
             self._conversations[(tenant, conversation)] = run.id
+        # Once recorded, the run starts even if the caller gives up now (a cancel of this call
+        # is meant for the wait above): shielded, so it is never left half-started.
+        return await asyncio.shield(self._start(live, spec, context))
+
+    async def _start(
+        self, live: _Live, spec: RunSpec, context: RunContext
+    ) -> tuple[Run, ActorHandle]:
+        run = live.run
         limits = self._settings.run_limits()
         # Started before returning, so that a reader's first read never overtakes `start`.
         try:
-            await live.handle.start.remote(run.id, spec, limits)
+            await live.handle.start.remote(run.id, spec, limits, context)
         except RayActorError:  # a pooled actor that died while idle: a new one takes over
             self._pool.discard(live.actor)
             live.actor = self._pool.spawn()
             self._store.set_actor(run.id, live.actor.name)
             try:
-                await live.handle.start.remote(run.id, spec, limits)
+                await live.handle.start.remote(run.id, spec, limits, context)
             except RayActorError as exc:
                 log.warning("run %s: no run actor could start: %s", run.id, exc)
                 lost = _lost("no run actor could start")
                 return self._finish(run.id, lost, None, []), live.handle
         live.watch = asyncio.create_task(self._watch(live))
         return live.run, live.handle
+
+    async def _wait_turn(self, conversation: tuple[str | None, str], spec: RunSpec) -> None:
+        """Return once the conversation has no active run, as `multitask_strategy` says."""
+        while (active := self._conversations.get(conversation)) is not None:
+            if spec.multitask_strategy == "reject":
+                raise ConversationBusy(conversation[1], active)
+            if spec.multitask_strategy == "interrupt":
+                await self.cancel(active)
+            else:
+                live = self._live.get(active)
+                if live is not None:
+                    await live.done.wait()
+            # Another waiting run may have taken the conversation meanwhile: look again.
+
+    async def conversation(
+        self, conversation_id: str, tenant: str | None = None
+    ) -> ConversationView | None:
+        """A tenant's conversation (None: none of its runs used this id)."""
+        if not self._store.query(
+            conversation_id=conversation_id, status=None, limit=1, tenant=tenant
+        ):
+            return None
+        key = history_key(tenant, conversation_id)
+        pending_run, pending = self._store.pending(key)
+        return ConversationView(
+            conversation_id=conversation_id,
+            messages=self._store.history(key),
+            pending=pending,
+            pending_run_id=pending_run,
+            active_run_id=self._conversations.get((tenant, conversation_id)),
+        )
 
     async def get(self, run_id: str, tenant: str | None = None) -> Run | None:
         return _visible(self._record(run_id), tenant)
@@ -170,7 +249,10 @@ class RunRegistry:
             return None
         live = self._live.get(run_id)
         if live is None:
-            return self._store.get(run_id)
+            run = self._store.get(run_id)
+            if run is not None:
+                self._end_wait(run)
+            return run
         live.handle.cancel.remote(run_id)
         try:
             async with asyncio.timeout(self._settings.cancel_grace_s):
@@ -184,6 +266,17 @@ class RunRegistry:
             self._finish(live.run.id, Outcome(stop_reason="cancelled", usage=Usage()), None, [])
             ray.kill(live.handle, no_restart=True)
         return await self.get(run_id)
+
+    def _end_wait(self, run: Run) -> None:
+        """A cancel of a run whose calls await approval: each call gets a denial in the history,
+        and the conversation no longer waits."""
+        conversation = run.conversation_id
+        if conversation is None or (run.tenant, conversation) in self._conversations:
+            return  # a later run has taken the conversation (and its pending calls) over
+        key = history_key(run.tenant, conversation)
+        pending_run, pending = self._store.pending(key)
+        if pending_run == run.id and pending:
+            self._store.close_wait(key, run.id, cancelled_wait(pending))
 
     async def stream_endings(self, run_id: str) -> list[dict[str, Any]] | None:
         return self._store.stream_endings(run_id)
@@ -232,7 +325,10 @@ class RunRegistry:
         outcome: Outcome,
         frames: list[LoggedFrame] | None,
         stream_endings: list[dict[str, Any]],
+        history: HistoryUpdate | None = None,
     ) -> Run:
+        """Record the terminal state; `history` (None: the conversation is left as it was, e.g.
+        for a run lost with its actor) goes into the conversation in the same transaction."""
         live = self._live.get(run_id)
         current = self._record(run_id)
         assert current is not None, f"unknown run {run_id}"
@@ -249,7 +345,7 @@ class RunRegistry:
                 "completed_at": utcnow(),
             }
         )
-        self._store.finish(run, frames, self._settings.log_retention_s, stream_endings)
+        self._store.finish(run, frames, self._settings.log_retention_s, stream_endings, history)
         if live is not None:
             live.run = run
             live.done.set()
@@ -289,7 +385,12 @@ class RunRegistry:
             log.exception("run %s: its actor failed", run_id)
             self._finish(run_id, _lost("the run's actor failed (see the server's log)"), None, [])
         else:
-            self._finish(run_id, result.outcome, result.frames, result.stream_endings)
+            history = HistoryUpdate(result.messages, result.pending)
+            self._finish(run_id, result.outcome, result.frames, result.stream_endings, history)
+            if result.abandoned_threads:
+                # A sync tool still runs in a thread there: the actor is not handed out again.
+                self._pool.discard(live.actor)
+                return
         finally:
             live.done.set()
         await self._pool.release(live.actor)

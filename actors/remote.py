@@ -30,4 +30,4 @@ def new_run_actor(
     options = {**RUN_ACTOR_OPTIONS, "name": name, "namespace": settings.namespace}
     if settings.run_actor_memory_mb:
         options["memory"] = settings.run_actor_memory_mb * 1024 * 1024
-    return RemoteRunActor.options(**options).remote(provider_settings)
+    return RemoteRunActor.options(**options).remote(provider_settings, settings)

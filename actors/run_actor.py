@@ -7,7 +7,6 @@ from any `seq_id`, each getting everything logged since its last read as one bat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from dataclasses import asdict
@@ -15,14 +14,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rayruns.actors.cancellation import drive
+from rayruns.actors.agent_loop import AgentLoop
+from rayruns.actors.conversation import PendingCall, RunContext
 from rayruns.actors.frame_builder import FrameBuilder
 from rayruns.actors.frame_log import FrameLog, LogFull
 from rayruns.actors.frames import LoggedFrame, StopReason
 from rayruns.actors.limits import RunLimits, output_limit, timed_out
 from rayruns.actors.records import Outcome, RunError, Usage, terminal_frames
+from rayruns.actors.server_tools import ToolCatalog
+from rayruns.actors.settings import ActorSettings
 from rayruns.actors.spec import RunSpec
-from rayruns.providers.base import Provider, ProviderCall, RunCancelled
+from rayruns.providers.base import Message, Provider, ProviderCall, RunCancelled
 from rayruns.providers.catalog import make_provider
 from rayruns.providers.errors import ProviderError
 from rayruns.providers.settings import ProviderSettings
@@ -37,6 +39,9 @@ class FinishedRun(BaseModel):
     outcome: Outcome
     frames: list[LoggedFrame]
     stream_endings: list[dict[str, Any]]
+    messages: list[Message] = []  # what the run adds to its conversation, in order
+    pending: list[PendingCall] = []  # calls awaiting the client (`requires_approval`)
+    abandoned_threads: int = 0  # sync tools left running: the actor is not reused
 
 
 class NotThisRun(LookupError):
@@ -46,8 +51,13 @@ class NotThisRun(LookupError):
 class RunActor:
     """An async Ray actor (see `actors.remote`). One run at a time; `reset` readies the next."""
 
-    def __init__(self, provider_settings: ProviderSettings) -> None:
+    def __init__(
+        self, provider_settings: ProviderSettings, actor_settings: ActorSettings | None = None
+    ) -> None:
         self._settings = provider_settings
+        actor_settings = actor_settings or ActorSettings()
+        self._tool_timeout_s = actor_settings.tool_timeout_s
+        self._catalog = ToolCatalog.load(actor_settings.tool_modules)
         self._cancelled_ids: set[str] = set()
         # Providers hold SDK clients and their connection pools, no run state: kept across runs.
         self._providers: dict[str, Provider] = {}
@@ -64,7 +74,13 @@ class RunActor:
         self._deadline: asyncio.TimerHandle | None = None
         self._timed_out: float | None = None  # the age limit the run reached
 
-    async def start(self, run_id: str, spec: RunSpec, limits: RunLimits | None = None) -> None:
+    async def start(
+        self,
+        run_id: str,
+        spec: RunSpec,
+        limits: RunLimits | None = None,
+        context: RunContext | None = None,
+    ) -> None:
         if self._run_id is not None:
             raise RuntimeError(f"actor is busy with {self._run_id}; cannot start {run_id}")
         self._run_id = run_id
@@ -77,7 +93,8 @@ class RunActor:
         self._deadline = asyncio.get_running_loop().call_later(
             limits.max_run_s, self._expire, limits.max_run_s
         )
-        self._pump = asyncio.create_task(self._run(run_id, spec), name=f"pump {run_id}")
+        context = context or RunContext.fresh(spec.messages)
+        self._pump = asyncio.create_task(self._run(run_id, spec, context), name=f"pump {run_id}")
 
     def _expire(self, max_run_s: float) -> None:
         if not self._cancel.is_set():
@@ -121,13 +138,24 @@ class RunActor:
         if run_id != self._run_id:
             raise NotThisRun(f"this actor is not running {run_id}")
 
-    async def _run(self, run_id: str, spec: RunSpec) -> None:
+    async def _run(self, run_id: str, spec: RunSpec, context: RunContext) -> None:
         builder = FrameBuilder(run_id, self._log, stream_tokens=spec.stream_tokens)
-        usage = Usage()
         error: RunError | None = None
         stop: StopReason
+        loop: AgentLoop | None = None
         try:
-            stop = await self._step(run_id, spec, builder, usage)
+            loop = AgentLoop(
+                run_id,
+                spec,
+                self._provider(spec.target.provider),
+                builder,
+                self._cancel,
+                self._catalog,
+                self._tool_timeout_s,
+                context.history,
+                self._calls.append,
+            )
+            stop = await loop.run(context.continuation)
         except RunCancelled:
             stop = "cancelled"
             if self._timed_out is not None:
@@ -150,6 +178,7 @@ class RunActor:
             )
         if self._deadline is not None:
             self._deadline.cancel()
+        usage = loop.usage if loop is not None else Usage()
         outcome = Outcome(stop_reason=stop, usage=usage, error=error)
         self._log.extend(terminal_frames(run_id, self._log.next_seq - 1, outcome))
         self._log.close()
@@ -158,51 +187,14 @@ class RunActor:
             outcome=outcome,
             frames=self._log.snapshot(),
             stream_endings=[asdict(call.ending) for call in self._calls],
+            messages=loop.new if loop is not None else [],
+            pending=loop.pending if loop is not None and stop == "requires_approval" else [],
+            abandoned_threads=loop.abandoned_threads if loop is not None else 0,
         )
         self._done.set()
 
-    async def _step(
-        self, run_id: str, spec: RunSpec, builder: FrameBuilder, usage: Usage
-    ) -> StopReason:
-        """One provider call. This runtime executes no tools, so a tool call ends the run."""
-        if self._cancel.is_set():
-            raise RunCancelled
-        target = spec.target
-        provider = self._providers.get(target.provider)
+    def _provider(self, name: str) -> Provider:
+        provider = self._providers.get(name)
         if provider is None:
-            provider = self._providers[target.provider] = make_provider(
-                target.provider, self._settings
-            )
-        call = ProviderCall(
-            run_id=run_id,
-            model=target.model_name,
-            messages=spec.messages,
-            options=target.options,
-            step=1,
-            cancelled=self._cancel,
-        )
-        self._calls.append(call)
-        builder.begin_step(1)
-        try:
-            # Closed on the way out whatever ends the loop (a full log too), so the provider's
-            # stream is closed at once, not when the generator is collected.
-            async with contextlib.aclosing(drive(provider.stream(call), self._cancel)) as events:
-                async for event in events:
-                    builder.add(event)
-        except BaseException:
-            with contextlib.suppress(LogFull):  # the run is ending anyway, for its own reason
-                builder.end_message()
-            raise
-        else:
-            builder.end_message()
-        finally:
-            usage.step_count = 1
-            usage.prompt_tokens = call.usage.prompt_tokens
-            usage.completion_tokens = call.usage.completion_tokens
-            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        if not builder.tool_calls:
-            return "end_turn"
-        if spec.max_steps == 1:
-            return "max_steps"
-        builder.request_approvals()
-        return "requires_approval"
+            provider = self._providers[name] = make_provider(name, self._settings)
+        return provider

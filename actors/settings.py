@@ -1,4 +1,5 @@
-"""Settings of the actor layer: where records live, how long logs are kept, the pool, limits."""
+"""Settings of the actor layer: where records live, how long logs are kept, the pool, limits,
+tools."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ class ActorSettings(BaseSettings):
     max_run_s: float = Field(default=MAX_RUN_S, gt=0)
     max_run_frames: int = Field(default=MAX_RUN_FRAMES, ge=10)
     max_run_bytes: int = Field(default=MAX_RUN_BYTES, ge=4096)
+    # Server tools: comma-separated import paths of the modules that hold them.
+    tools: str = ""
+    tool_timeout_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def tool_modules(self) -> list[str]:
+        return [m.strip() for m in self.tools.split(",") if m.strip()]
 
     def resolved_db_path(self) -> Path:
         return self.db_path.expanduser().resolve()

@@ -17,7 +17,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, to_json
 
-from rayruns.providers.base import JsonInt, Message
+from rayruns.actors.tool_requests import Approval, MultitaskStrategy, RequestTool
+from rayruns.providers.base import JsonInt, Message, ToolChoice
 from rayruns.providers.catalog import parse_options, split_model
 from rayruns.providers.errors import InvalidProviderOptions, UnknownProvider
 
@@ -32,6 +33,18 @@ INVALID_PROVIDER_OPTIONS = "invalid_provider_options"
 # Fields of a `POST /v1/runs` body that say how the HTTP response delivers frames: a spec made
 # from such a body leaves them out.
 DELIVERY_FIELDS = frozenset({"stream", "include_pings", "include_return_message_types"})
+
+
+# A run has something to do: a message, or (continuing a conversation) a decision.
+MESSAGES_OR_APPROVALS: list[Any] = [
+    {"properties": {"messages": {"minItems": 1}}},
+    {"properties": {"approvals": {"minItems": 1}}, "required": ["approvals"]},
+]
+
+
+class InvalidRun(ValueError):
+    """A well-formed spec the runtime cannot start: it names an unknown server tool, or its
+    approvals do not fit its conversation's pending calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +66,23 @@ class RunSpec(BaseModel):
     """
 
     # Strict, as the JSON schema says: no `"3"` for 3, no `0` for false.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, json_schema_extra={"anyOf": MESSAGES_OR_APPROVALS}
+    )
 
     model: str = Field(default="fake/echo", min_length=1, max_length=256)
-    messages: list[Message] = Field(min_length=1, max_length=10_000)
+    messages: list[Message] = Field(max_length=10_000)
     stream_tokens: bool = True
     background: bool = False
     max_steps: JsonInt = Field(default=10, ge=1, le=1000)
     conversation_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX)
     provider_options: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    tools: list[RequestTool] = Field(default_factory=list, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    approvals: list[Approval] = Field(default_factory=list, max_length=128)
+    multitask_strategy: MultitaskStrategy = "reject"
 
     _target: Target | None = PrivateAttr(default=None)
 
@@ -75,6 +95,12 @@ class RunSpec(BaseModel):
                 f"metadata is {size} bytes as JSON; at most {METADATA_MAX_BYTES} are kept"
             )
         return value
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> RunSpec:
+        if not self.messages and not self.approvals:
+            raise ValueError("messages: at least one message (or, in a conversation, approvals)")
+        return self
 
     @model_validator(mode="after")
     def _resolve(self) -> RunSpec:

@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from rayruns.actors.conversation import PendingCall
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.records import Run, RunStatus
+from rayruns.providers.base import Message
+
+_PENDING = TypeAdapter(list[PendingCall])
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -31,7 +38,32 @@ CREATE TABLE IF NOT EXISTS logs (
     frames TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_expiry ON logs (expires_at);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, position)
+);
+CREATE TABLE IF NOT EXISTS pending_calls (
+    conversation_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    calls TEXT NOT NULL
+);
 """
+
+
+def history_key(tenant: str | None, conversation_id: str) -> str:
+    """Where a conversation's messages are kept: conversations are per tenant."""
+    return json.dumps([tenant, conversation_id])
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryUpdate:
+    """What a finished run changes in its conversation: messages to append, calls now pending."""
+
+    messages: list[Message]
+    pending: list[PendingCall]
 
 
 class RunStore:
@@ -81,8 +113,9 @@ class RunStore:
         frames: list[LoggedFrame] | None,
         retention_s: float,
         stream_endings: list[dict[str, Any]],
+        history: HistoryUpdate | None = None,
     ) -> None:
-        """The terminal record and its log, in one transaction."""
+        """The terminal record, its log and its conversation's new messages, in one transaction."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
@@ -94,6 +127,60 @@ class RunStore:
                     "INSERT OR REPLACE INTO logs (run_id, expires_at, frames) VALUES (?, ?, ?)",
                     (run.id, time.time() + retention_s, json.dumps(frames)),
                 )
+            if history is not None and run.conversation_id is not None:
+                key = history_key(run.tenant, run.conversation_id)
+                self._update_history(key, run.id, history)
+
+    def close_wait(self, conversation_id: str, run_id: str, messages: list[Message]) -> None:
+        """The calls `run_id` left pending get `messages` (denials) and no longer wait."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._update_history(conversation_id, run_id, HistoryUpdate(messages, []))
+
+    def _update_history(self, conversation_id: str, run_id: str, update: HistoryUpdate) -> None:
+        (last,) = self._db.execute(
+            "SELECT COALESCE(MAX(position), 0) FROM messages WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()
+        self._db.executemany(
+            "INSERT INTO messages (conversation_id, position, run_id, message) VALUES (?, ?, ?, ?)",
+            [
+                (conversation_id, last + n, run_id, m.model_dump_json(exclude_defaults=True))
+                for n, m in enumerate(update.messages, 1)
+            ],
+        )
+        if update.pending:
+            self._db.execute(
+                "INSERT OR REPLACE INTO pending_calls (conversation_id, run_id, calls)"
+                " VALUES (?, ?, ?)",
+                (conversation_id, run_id, _PENDING.dump_json(update.pending).decode()),
+            )
+        else:
+            self._db.execute(
+                "DELETE FROM pending_calls WHERE conversation_id = ?", (conversation_id,)
+            )
+
+    def history(self, conversation_id: str) -> list[tuple[str, Message]]:
+        """The conversation's messages in order, each with the id of the run that added it."""
+        rows = self._db.execute(
+            "SELECT run_id, message FROM messages WHERE conversation_id = ? ORDER BY position",
+            (conversation_id,),
+        ).fetchall()
+        return [(run_id, Message.model_validate_json(m)) for run_id, m in rows]
+
+    def pending(self, conversation_id: str) -> tuple[str | None, list[PendingCall]]:
+        """The run whose calls await the client, and those calls (none: `(None, [])`)."""
+        row = self._db.execute(
+            "SELECT run_id, calls FROM pending_calls WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()
+        return (None, []) if row is None else (row[0], _PENDING.validate_json(row[1]))
+
+    def conversation_exists(self, conversation_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM runs WHERE conversation_id = ? LIMIT 1", (conversation_id,)
+        ).fetchone()
+        return row is not None
 
     def get(self, run_id: str) -> Run | None:
         row = self._db.execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()

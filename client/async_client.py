@@ -101,7 +101,7 @@ class AsyncRuns:
     async def create(
         self,
         *,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         stream: Literal[True] = True,
         **options: Unpack[CreateOptions],
     ) -> AsyncRunStream: ...
@@ -110,7 +110,7 @@ class AsyncRuns:
     async def create(
         self,
         *,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         stream: Literal[False],
         **options: Unpack[CreateOptions],
     ) -> FinishedRun: ...
@@ -118,7 +118,7 @@ class AsyncRuns:
     async def create(
         self,
         *,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         stream: bool = True,
         **options: Unpack[CreateOptions],
     ) -> AsyncRunStream | FinishedRun:

@@ -104,7 +104,7 @@ class Runs:
     def create(
         self,
         *,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         stream: Literal[True] = True,
         **options: Unpack[CreateOptions],
     ) -> RunStream: ...
@@ -113,7 +113,7 @@ class Runs:
     def create(
         self,
         *,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         stream: Literal[False],
         **options: Unpack[CreateOptions],
     ) -> FinishedRun: ...
@@ -121,7 +121,7 @@ class Runs:
     def create(
         self,
         *,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         stream: bool = True,
         **options: Unpack[CreateOptions],
     ) -> RunStream | FinishedRun:

@@ -45,6 +45,11 @@ class CreateOptions(TypedDict, total=False):
     conversation_id: str
     provider_options: dict[str, Any]
     metadata: dict[str, Any]
+    tools: list[dict[str, Any]]
+    tool_choice: str | dict[str, Any]
+    parallel_tool_calls: bool
+    approvals: list[dict[str, Any]]
+    multitask_strategy: str
 
 
 def headers(api_key: str | None) -> dict[str, str]:
@@ -72,7 +77,7 @@ class FinishedRun(BaseModel):
 
 
 def create_body(
-    messages: Sequence[Mapping[str, str]], stream: bool, options: CreateOptions
+    messages: Sequence[Mapping[str, Any]], stream: bool, options: CreateOptions
 ) -> dict[str, Any]:
     """The `POST /v1/runs` body: what the caller gave; the server's defaults for the rest."""
     return {"messages": [dict(m) for m in messages], "stream": stream, **options}

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from rayruns.providers._vendor import StainlessProvider, StreamReader, system_text
 from rayruns.providers.base import ProviderCall, ProviderEvent, ReasoningDelta, TextDelta, ToolCall
 from rayruns.providers.options import VendorOptions
+from rayruns.providers.tool_wire import anthropic_messages, anthropic_tools
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic, AsyncStream
@@ -41,23 +42,21 @@ class AnthropicOptions(VendorOptions):
     # stream), the common options, and the account's scope (`workspace_id`, `user_profile_id`,
     # which the SDK sends as headers).
     passthrough: ClassVar[frozenset[str]] = frozenset(
-        {"thinking", "tools", "tool_choice", "output_config", "metadata", "service_tier"}
+        {"thinking", "output_config", "metadata", "service_tier"}
         | {"speed", "inference_geo", "cache_control", "container", "diagnostics"}
     )
     vendor_names: ClassVar[dict[str, str]] = {"stop_sequences": "stop"}
 
 
 def _messages(call: ProviderCall) -> list[MessageParam]:
-    return cast(
-        "list[MessageParam]",
-        [{"role": m.role, "content": m.content} for m in call.messages if m.role != "system"],
-    )
+    return cast("list[MessageParam]", anthropic_messages(call.messages))
 
 
 def _body(call: ProviderCall, opts: AnthropicOptions) -> dict[str, Any]:
     fields = opts.request_fields()
     fields.pop("max_tokens", None)  # a parameter of its own: the API requires it
     system = system_text(call)
+    fields |= anthropic_tools(call)
     return fields if system is None else {**fields, "system": system}
 
 

@@ -15,20 +15,138 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from rayruns.providers.settings import ProviderSettings
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+# What vendors accept as a function name (OpenAI's rule, the strictest of the three).
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+TOOL_CALL_ID_MAX = 256
 
 
-class Message(BaseModel):
-    """One input message."""
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    arguments: str = Field(default="{}", max_length=1024 * 1024, description="a JSON string")
+
+
+class MessageToolCall(BaseModel):
+    """A tool call an assistant message made, in OpenAI's shape."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
+    id: str = Field(min_length=1, max_length=TOOL_CALL_ID_MAX)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+def one_shape_per_role(schema: dict[str, Any]) -> None:
+    """A message's JSON schema as one object shape per role, as its validator decides: only an
+    assistant message has `tool_calls`; a tool message, and only it, has `tool_call_id`; `content`
+    and `tool_calls` may be null."""
+    props = schema.pop("properties")
+    required = set(schema.pop("required", ())) - {"tool_call_id"}
+    roles = props.pop("role")["enum"]
+    calls = props.pop("tool_calls")
+    calls = next((s for s in calls.get("anyOf", [calls]) if s.get("type") == "array"), calls)
+    call_id = props.pop("tool_call_id")
+    call_id = next(s for s in call_id.get("anyOf", [call_id]) if s.get("type") == "string")
+    content = props.pop("content")
+    if not any(s.get("type") == "null" for s in content.get("anyOf", [])):
+        content = {"anyOf": [content, {"type": "null"}]}
+    no_calls = {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]}
+
+    def shape(role: list[str], **fields: Any) -> dict[str, Any]:
+        properties = {"role": {"enum": role}, "content": content, **props, **fields}
+        need = sorted(required | ({"tool_call_id"} if role == ["tool"] else set()))
+        return {"type": "object", "properties": properties, "required": need}
+
+    others = [r for r in roles if r not in ("assistant", "tool")]
+    schema["oneOf"] = [
+        shape(others, tool_calls=no_calls, tool_call_id={"type": "null"}),
+        shape(
+            ["assistant"],
+            tool_calls={"anyOf": [calls, {"type": "null"}]},
+            tool_call_id={"type": "null"},
+        ),
+        shape(["tool"], tool_calls=no_calls, tool_call_id=call_id),
+    ]
+    if schema.get("additionalProperties") is False:
+        for variant in schema["oneOf"]:
+            variant["additionalProperties"] = False
+        del schema["additionalProperties"]
+
+
+class Message(BaseModel):
+    """One message of a conversation, in OpenAI's shape: an assistant message may carry
+    `tool_calls`; a `tool` message answers one of them by `tool_call_id`."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, json_schema_extra=one_shape_per_role
+    )
+
     role: Role
     content: str = Field(max_length=4 * 1024 * 1024)
+    tool_calls: list[MessageToolCall] = Field(default_factory=list, max_length=128)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=TOOL_CALL_ID_MAX)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _null_content(cls, value: object) -> object:
+        # An assistant message that only calls tools has `content: null` in OpenAI's shape.
+        return "" if value is None else value
+
+    @field_validator("tool_calls", mode="before")
+    @classmethod
+    def _null_calls(cls, value: object) -> object:
+        return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _roles(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message may have tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message needs tool_call_id, and only a tool message has one")
+        return self
+
+
+class ToolDefinition(BaseModel):
+    """A function the model may call: OpenAI's `function` object (JSON-schema parameters)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str = Field(default="", max_length=16 * 1024)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None  # OpenAI's structured-outputs flag; other vendors ignore it
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type", "object") != "object":
+            raise ValueError("parameters must be a JSON schema of type object")
+        return value
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+
+
+class NamedToolChoice(BaseModel):
+    """`{"type": "function", "function": {"name": ...}}`: the model must call this tool."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
 
 
 class RunCancelled(Exception):
@@ -97,6 +215,9 @@ class ProviderCall:
     options: BaseModel
     step: int
     cancelled: asyncio.Event
+    tools: list[ToolDefinition] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     usage: TokenUsage = field(default_factory=TokenUsage)
     ending: StreamEnding = field(default_factory=StreamEnding)
 

@@ -52,6 +52,16 @@ class FakeToolCall(BaseModel):
     arguments: dict[str, Any] | str = Field(default_factory=dict)
 
 
+class FakeStep(BaseModel):
+    """One scripted step: its text (None: the fake's usual answer when it calls no tool) and the
+    tool calls it ends with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(default=None, max_length=4 * 1024 * 1024)
+    tool_calls: list[FakeToolCall] = Field(default_factory=list, max_length=64)
+
+
 class FakeOptions(CommonOptions):
     """The fake provider's knobs (docs/api.md), plus the common options (accepted, ignored)."""
 
@@ -63,6 +73,8 @@ class FakeOptions(CommonOptions):
     fail_after: JsonInt = Field(default=0, ge=0)
     hang_after: Count | None = None
     tool_call: FakeToolCall | None = None
+    # Step k of a run answers steps[k] (the last one repeats).
+    steps: list[FakeStep] | None = Field(default=None, min_length=1, max_length=1000)
     # Benchmarks: each text chunk becomes its scheduled time ("<seconds> "), start + n × delay_s,
     # and the chunks keep to that schedule (a stalled pump catches up, as a vendor's tokens wait
     # in the socket), so a client measures a starved run as late frames, not as fewer frames.
@@ -85,6 +97,7 @@ class FakeProvider(Provider):
         opts = call.options
         assert isinstance(opts, FakeOptions)
         call.usage.prompt_tokens = sum(len(m.content.split()) for m in call.messages)
+        script = opts.steps[min(call.step, len(opts.steps)) - 1] if opts.steps else None
         with StreamGuard(call):
             try:
                 if opts.tool_call is not None and call.step == 1:
@@ -96,7 +109,7 @@ class FakeProvider(Provider):
                     )
                     call.usage.completion_tokens += 1
                     return
-                text = opts.text if opts.text is not None else _last_user_text(call)
+                text = _answer(opts, script, call)
                 pieces: list[ProviderEvent] = []
                 if opts.reasoning:
                     pieces += [ReasoningDelta(text=c) for c in split_chunks(opts.reasoning, "word")]
@@ -122,11 +135,35 @@ class FakeProvider(Provider):
                     yield piece
                 if opts.fail is not None:
                     raise _failure(opts.fail, sent)
+                for n, tool in enumerate(script.tool_calls if script else [], 1):
+                    args = tool.arguments
+                    yield ToolCall(
+                        id=f"call-{call.run_id[-12:]}-{call.step}-{n}",
+                        name=tool.name,
+                        arguments=args if isinstance(args, str) else json.dumps(args),
+                    )
+                    call.usage.completion_tokens += 1
             finally:
                 call.ending.upstream_closed = True
 
 
-def _last_user_text(call: ProviderCall) -> str:
+def _answer(opts: FakeOptions, script: FakeStep | None, call: ProviderCall) -> str:
+    if script is not None and script.text is not None:
+        return script.text
+    if script is not None and script.tool_calls:
+        return ""
+    return opts.text if opts.text is not None else _echo(call)
+
+
+def _echo(call: ProviderCall) -> str:
+    """The results of the tool calls the model just made, else the last user message."""
+    results: list[str] = []
+    for message in reversed(call.messages):
+        if message.role != "tool":
+            break
+        results.insert(0, message.content)
+    if results:
+        return "\n".join(results)
     for message in reversed(call.messages):
         if message.role == "user":
             return message.content

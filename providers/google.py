@@ -13,7 +13,7 @@ import math
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rayruns.providers._vendor import (
     BlockCounter,
@@ -27,6 +27,7 @@ from rayruns.providers._vendor import (
 from rayruns.providers.base import ProviderCall, ProviderEvent, ReasoningDelta, TextDelta, ToolCall
 from rayruns.providers.errors import ErrorDetail, ProviderBadRequest
 from rayruns.providers.options import VendorOptions
+from rayruns.providers.tool_wire import gemini_contents, gemini_tools
 
 if TYPE_CHECKING:
     import httpx
@@ -52,7 +53,7 @@ class GoogleOptions(VendorOptions):
     passthrough: ClassVar[frozenset[str]] = frozenset(
         {"top_k", "seed", "presence_penalty", "frequency_penalty", "response_logprobs"}
         | {"logprobs", "response_mime_type", "response_schema", "response_json_schema"}
-        | {"safety_settings", "tools", "tool_config", "thinking_config", "cached_content"}
+        | {"safety_settings", "thinking_config", "cached_content"}
         | {"response_modalities", "media_resolution", "speech_config", "image_config"}
         | {"audio_transcription_config", "enable_enhanced_civic_answers", "service_tier"}
         | {"labels", "continuation_token", "store"}
@@ -109,11 +110,7 @@ async def _remember_response(response: httpx.Response) -> None:
 
 
 def _contents(call: ProviderCall) -> list[types.ContentDict]:
-    contents: list[types.ContentDict] = [
-        {"role": "model" if m.role == "assistant" else "user", "parts": [{"text": m.content}]}
-        for m in call.messages
-        if m.role != "system"
-    ]
+    contents = cast("list[types.ContentDict]", gemini_contents(call.messages))
     if not contents:  # the SDK would raise a bare ValueError before any request
         raise ProviderBadRequest("Gemini needs at least one user or assistant message")
     return contents
@@ -128,6 +125,7 @@ def _config(
     fields: dict[str, Any] = {
         **opts.request_fields(),
         "system_instruction": system_text(call),
+        **gemini_tools(call),
         # One request per call, no Python functions called on the model's behalf.
         "automatic_function_calling": {"disable": True},
         "automatic_continuation": False,
@@ -154,6 +152,8 @@ class ChunkReader(StreamReader["types.GenerateContentResponse"]):
         super().__init__(call)
         self.blocked: str | None = None
         self._calls = 0
+        # Gemini's calls may have no id: made unique in a conversation by run and step.
+        self._prefix = f"{call.run_id[-12:]}-{call.step}"
         self._blocks = BlockCounter()
 
     def feed(self, chunk: types.GenerateContentResponse) -> list[ProviderEvent]:
@@ -168,7 +168,7 @@ class ChunkReader(StreamReader["types.GenerateContentResponse"]):
                 call = part.function_call
                 out.append(
                     ToolCall(
-                        id=call.id or f"call-{self.step}-{self._calls}",
+                        id=call.id or f"call-{self._prefix}-{self._calls}",
                         name=call.name or "",
                         arguments=json.dumps(call.args or {}),
                     )

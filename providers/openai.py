@@ -12,6 +12,7 @@ from rayruns.providers._vendor import (
 )
 from rayruns.providers.base import ProviderCall, ProviderEvent, ReasoningDelta, TextDelta, ToolCall
 from rayruns.providers.options import VendorOptions
+from rayruns.providers.tool_wire import openai_messages, openai_tools
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, AsyncStream
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
 class OpenAIOptions(VendorOptions):
     """The common options, plus the Chat Completions parameters in `passthrough`, sent in the
-    request body as given.
+    request body as given. Tools come from the run's `tools`, `tool_choice` and
+    `parallel_tool_calls`.
 
     `max_tokens` is sent as `max_completion_tokens`, which reasoning models require; for a
     compatible server that predates it, set `max_tokens_param="max_tokens"`.
@@ -31,7 +33,7 @@ class OpenAIOptions(VendorOptions):
     # (audio output, the deprecated `functions`).
     passthrough: ClassVar[frozenset[str]] = frozenset(
         {"frequency_penalty", "presence_penalty", "seed", "logit_bias", "logprobs"}
-        | {"top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "response_format"}
+        | {"top_logprobs", "response_format"}
         | {"reasoning_effort", "verbosity", "prediction", "web_search_options", "moderation"}
         | {"user", "safety_identifier", "metadata", "store", "service_tier"}
         | {"prompt_cache_key", "prompt_cache_options", "prompt_cache_retention"}
@@ -42,10 +44,7 @@ class OpenAIOptions(VendorOptions):
 
 
 def _messages(call: ProviderCall) -> list[ChatCompletionMessageParam]:
-    return cast(
-        "list[ChatCompletionMessageParam]",
-        [{"role": m.role, "content": m.content} for m in call.messages],
-    )
+    return cast("list[ChatCompletionMessageParam]", openai_messages(call.messages))
 
 
 def _body(opts: OpenAIOptions) -> dict[str, Any]:
@@ -136,6 +135,6 @@ class OpenAIProvider(StainlessProvider["AsyncOpenAI", "ChatCompletionChunk"]):
             messages=_messages(call),
             stream=True,
             stream_options={"include_usage": True},
-            extra_body=_body(options),
+            extra_body={**_body(options), **openai_tools(call)},
             timeout=self.sdk_timeout(options),
         )

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rayruns.actors.registry import ConversationBusy
     from rayruns.actors.runs import Runs
     from rayruns.actors.settings import ActorSettings
-    from rayruns.actors.spec import RunSpec
+    from rayruns.actors.spec import InvalidRun, RunSpec
     from rayruns.client import AsyncClient, Client
     from rayruns.providers.settings import ProviderSettings
 
@@ -32,6 +32,7 @@ __all__ = [
     "Client",
     "ConversationBusy",
     "Frame",
+    "InvalidRun",
     "ProviderSettings",
     "Run",
     "RunError",
@@ -53,6 +54,7 @@ _WHERE = {
     "Client": "rayruns.client",
     "ConversationBusy": "rayruns.actors.registry",
     "Frame": "rayruns.actors.frames",
+    "InvalidRun": "rayruns.actors.spec",
     "ProviderSettings": "rayruns.providers.settings",
     "Run": "rayruns.actors.records",
     "RunError": "rayruns.actors.records",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
 
 from rayruns.actors.client import RegistryClient
+from rayruns.actors.server_tools import ToolCatalog
 from rayruns.serve_app import chat_completions, session
 from rayruns.serve_app.auth import KeyChecker
 from rayruns.serve_app.errors import BodyLimit, error_response, install_error_handlers
@@ -17,7 +19,11 @@ from rayruns.serve_app.runs import Runtime, router
 from rayruns.serve_app.settings import ServeSettings, Settings
 
 
-def build_api(client: RegistryClient, settings: ServeSettings) -> FastAPI:
+def build_api(
+    client: RegistryClient, settings: ServeSettings, server_tools: Sequence[str] = ()
+) -> FastAPI:
+    """The ingress app; `server_tools` (the names `RAYRUNS_TOOLS` registers) go into the
+    OpenAPI document, so that it lists the server tools a request may name."""
     api = FastAPI(title="rayruns", version="0.1.0")
     api.state.runtime = Runtime(client, settings)
     api.state.keys = KeyChecker(client, settings.auth_cache_s)
@@ -25,7 +31,7 @@ def build_api(client: RegistryClient, settings: ServeSettings) -> FastAPI:
     api.include_router(router)
     api.include_router(chat_completions.router)
     api.include_router(session.router)
-    install_openapi(api, chat_completions.ChatRequest)
+    install_openapi(api, chat_completions.ChatRequest, server_tools)
     mount_page(api)
 
     @api.get("/healthz", response_model=None, responses=answers(503))
@@ -49,7 +55,8 @@ class RunsIngress:
         self._client = RegistryClient.connect(settings.actors, settings.providers)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self._client, self._settings.serve)
+        tools = ToolCatalog.load(self._settings.actors.tool_modules).tools
+        return build_api(self._client, self._settings.serve, sorted(tools))
 
 
 def deployment(settings: Settings) -> Any:

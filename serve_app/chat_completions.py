@@ -14,12 +14,29 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from rayruns.actors.conversation import InvalidContinuation
 from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
 from rayruns.actors.limits import LiveRunLimit
 from rayruns.actors.records import Run
 from rayruns.actors.registry import ConversationBusy
-from rayruns.actors.spec import ID_MAX, INVALID_PROVIDER_OPTIONS, RunSpec, describe
-from rayruns.providers.base import PositiveCount, integral
+from rayruns.actors.spec import (
+    ID_MAX,
+    INVALID_PROVIDER_OPTIONS,
+    MESSAGES_OR_APPROVALS,
+    InvalidRun,
+    RunSpec,
+    describe,
+)
+from rayruns.actors.tool_requests import Approval, MultitaskStrategy, RequestTool
+from rayruns.providers.base import (
+    TOOL_CALL_ID_MAX,
+    JsonInt,
+    MessageToolCall,
+    PositiveCount,
+    ToolChoice,
+    integral,
+    one_shape_per_role,
+)
 from rayruns.serve_app.auth import CallerDep
 from rayruns.serve_app.errors import busy_message, openai_error, too_many_runs
 from rayruns.serve_app.openapi import CHUNK_EVENTS, answers
@@ -51,10 +68,23 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=one_shape_per_role)
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=TOOL_CALL_ID_MAX)
+
+    def to_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self.text(),
+        }
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -72,10 +102,12 @@ class ChatRequest(BaseModel):
     """The Chat Completions body; rayruns fields arrive through the client's `extra_body`."""
 
     # Strict: `"stream": 0` or `"background": "yes"` is refused, as the schema says.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"anyOf": MESSAGES_OR_APPROVALS}
+    )
 
     model: str = Field(min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
+    messages: list[ChatMessage] = Field(max_length=10_000)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -90,6 +122,12 @@ class ChatRequest(BaseModel):
     background: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
     conversation_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX)
+    tools: list[RequestTool] = Field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    approvals: list[Approval] = Field(default_factory=list)
+    multitask_strategy: MultitaskStrategy = "reject"
+    max_steps: JsonInt = Field(default=10, ge=1, le=1000)
 
     def to_spec(self) -> RunSpec:
         """The run this completion is; raises ValidationError (also for the model, options)."""
@@ -100,18 +138,20 @@ class ChatRequest(BaseModel):
             "stop": self.stop,
         }
         options = {k: v for k, v in common.items() if v is not None} | self.provider_options
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
         return RunSpec.model_validate(
             {
                 "model": self.model,
-                "messages": messages,
+                "messages": [m.to_message() for m in self.messages],
                 "provider_options": options,
                 "background": self.background,
                 "metadata": self.metadata,
                 "conversation_id": self.conversation_id,
+                "tools": self.tools,
+                "tool_choice": self.tool_choice,
+                "parallel_tool_calls": self.parallel_tool_calls,
+                "approvals": self.approvals,
+                "multitask_strategy": self.multitask_strategy,
+                "max_steps": self.max_steps,
             }
         )
 
@@ -132,7 +172,9 @@ class ChunkTranslator:
 
     def __call__(self, frame: LoggedFrame) -> Iterator[dict[str, Any]]:
         kind = frame.message_type
-        if kind in ("approval_request_message", "tool_return_message"):
+        # Server tools' calls and returns stay inside the run; the calls the client must answer
+        # are its `tool_calls`.
+        if kind in ("tool_call_message", "tool_return_message"):
             return
         data = json.loads(frame.data)
         if kind in CONTENT_TYPES and not self._started:
@@ -142,7 +184,7 @@ class ChunkTranslator:
             yield self._choice({"content": data["content"]})
         elif kind == "reasoning_message":
             yield self._choice({"reasoning_content": data["content"]})
-        elif kind == "tool_call_message":
+        elif kind == "approval_request_message":
             call = data["tool_call"]
             delta = {"index": self._tool_calls, **openai_tool_call(call)}
             self._tool_calls += 1
@@ -238,6 +280,10 @@ async def chat_completions(request: Request, caller: CallerDep) -> Response:
         return openai_error(409, busy_message(exc), "invalid_request_error", "conversation_busy")
     except LiveRunLimit as exc:
         return too_many_runs(request, exc)
+    except InvalidContinuation as exc:
+        return openai_error(409, str(exc), "invalid_request_error", "conversation_conflict")
+    except InvalidRun as exc:
+        return openai_error(400, str(exc), "invalid_request_error", "invalid_request")
 
     frames = rt.client.follow(run.id, 0, actor)
 
@@ -290,7 +336,7 @@ def _completion(run: Run, frames: list[LoggedFrame]) -> dict[str, Any]:
                 content.append(data["content"])
             case "reasoning_message":
                 reasoning.append(data["content"])
-            case "tool_call_message":
+            case "approval_request_message":
                 call = data["tool_call"]
                 tool_calls.append(openai_tool_call(call))
             case "stop_reason":

@@ -15,9 +15,10 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rayruns.actors.client import UnknownRun
+from rayruns.actors.conversation import InvalidContinuation
 from rayruns.actors.limits import LiveRunLimit
 from rayruns.actors.registry import ConversationBusy
-from rayruns.actors.spec import INVALID_PROVIDER_OPTIONS, UNKNOWN_PROVIDER
+from rayruns.actors.spec import INVALID_PROVIDER_OPTIONS, UNKNOWN_PROVIDER, InvalidRun
 from rayruns.serve_app.auth import Unauthorized
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,12 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
         return error_response(500, "internal error; the server's log has the details")
 
+    async def on_invalid_run(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(422, str(exc))
+
+    async def on_conflicting_run(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(409, str(exc))
+
     async def on_unknown_run(_: Request, exc: Exception) -> JSONResponse:
         return error_response(404, f"no run {exc.args[0]!r}")
 
@@ -137,6 +144,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(ConversationBusy, on_busy)
     app.add_exception_handler(UnknownRun, on_unknown_run)
+    app.add_exception_handler(InvalidRun, on_invalid_run)
+    app.add_exception_handler(InvalidContinuation, on_conflicting_run)
     app.add_exception_handler(RayActorError, on_ray_down)
     app.add_exception_handler(RaySystemError, on_ray_down)
     app.add_exception_handler(Unauthorized, on_unauthorized)

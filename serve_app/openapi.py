@@ -7,6 +7,7 @@ cannot see: the Chat Completions body (read by hand, to answer in OpenAI's error
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -155,7 +156,9 @@ def _body_ref(doc: dict[str, Any], path: str) -> str | None:
     return None if ref is None else ref.rsplit("/", 1)[-1]
 
 
-def install_openapi(app: FastAPI, chat_body: type[BaseModel]) -> None:
+def install_openapi(
+    app: FastAPI, chat_body: type[BaseModel], server_tools: Sequence[str] = ()
+) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
@@ -193,6 +196,13 @@ def install_openapi(app: FastAPI, chat_body: type[BaseModel]) -> None:
                     # A key is needed only once one exists (serve_app/auth.py): on a server
                     # without keys every route is open, so no credentials is a valid choice.
                     operation["security"].append({})
+        if "ServerToolRef" in schemas:
+            # Only registered server tools may be named; without any, no server entry is valid.
+            name = schemas["ServerToolRef"]["properties"]["name"]
+            if server_tools:
+                name["enum"] = list(server_tools)
+            else:
+                name["not"] = {}
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         app.openapi_schema = doc

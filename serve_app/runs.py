@@ -88,6 +88,28 @@ async def list_runs(
     return [_run_json(r) for r in runs]
 
 
+@router.get("/conversations/{conversation_id}/messages", responses=answers(401, 404, 422, 503))
+async def conversation_messages(
+    conversation_id: Annotated[str, Path(max_length=ID_MAX)], rt: RuntimeDep, caller: CallerDep
+) -> dict[str, Any]:
+    view = await rt.client.conversation(conversation_id, caller.tenant)
+    if view is None:
+        raise ApiError(404, f"no conversation {conversation_id!r}")
+    return {
+        "conversation_id": view.conversation_id,
+        "messages": [
+            {"run_id": run_id, **message.model_dump(mode="json", exclude_defaults=True)}
+            for run_id, message in view.messages
+        ],
+        "pending_approvals": [
+            {"tool_call_id": c.id, "name": c.name, "arguments": c.arguments, "server": c.server}
+            for c in view.pending
+        ],
+        "pending_run_id": view.pending_run_id,
+        "active_run_id": view.active_run_id,
+    }
+
+
 @router.get("/runs/{run_id}", responses=answers(401, 404, 422, 503))
 async def get_run(run_id: RunIdPath, rt: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     run = await rt.client.get(run_id, caller.tenant)

@@ -96,6 +96,62 @@ async def test_tool_calls(client: openai.AsyncOpenAI) -> None:
     assert whole.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[union-attr]
 
 
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        "strict": False,
+    },
+}
+
+
+async def test_client_tool_round_trip(client: openai.AsyncOpenAI) -> None:
+    """What every agent framework does: tools in, tool_calls out, the results sent back."""
+    question = user("weather in Oslo?")
+    script = {"steps": [{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}]}
+    first = await client.chat.completions.create(
+        model="fake/echo",
+        messages=question,
+        tools=[WEATHER],
+        tool_choice="auto",
+        parallel_tool_calls=False,
+        extra_body={"provider_options": script},
+    )
+    (choice,) = first.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls is not None
+    (tool_call,) = choice.message.tool_calls
+    assert tool_call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(tool_call.function.arguments) == {"city": "Oslo"}  # type: ignore[union-attr]
+    # The whole conversation back, with the tool's result: the model answers from it.
+    followup: Any = [
+        *question,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": tool_call.id, "content": "sunny, 21 C"},
+    ]
+    stream = await client.chat.completions.create(
+        model="fake/echo", messages=followup, tools=[WEATHER], stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "sunny, 21 C"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+async def test_server_tools_stay_inside_the_completion(client: openai.AsyncOpenAI) -> None:
+    script = {"steps": [{"tool_calls": [{"name": "add", "arguments": {"a": 40, "b": 2}}]}, {}]}
+    completion = await client.chat.completions.create(
+        model="fake/echo",
+        messages=user("sum"),
+        tools=[{"type": "server", "name": "add"}],  # type: ignore[list-item]
+        extra_body={"provider_options": script},
+    )
+    (choice,) = completion.choices
+    assert choice.message.content == "42" and choice.message.tool_calls is None
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.prompt_tokens == 1 + 2
+
+
 @pytest.mark.parametrize(
     ("fail", "exception", "status"),
     [
@@ -148,7 +204,15 @@ async def test_a_failure_after_streaming_began_is_an_error_chunk(
         ({"model": "acme/x", "messages": user("x")}, "acme"),
         ({"model": "fake/echo", "messages": user("x"), "n": 2}, "n"),
         ({"model": "fake/echo", "messages": user("x"), "logit_bias": {}}, "logit_bias"),
-        ({"model": "fake/echo", "messages": [{"role": "tool", "content": "x"}]}, "role"),
+        ({"model": "fake/echo", "messages": [{"role": "tool", "content": "x"}]}, "tool_call_id"),
+        (
+            {
+                "model": "fake/echo",
+                "messages": user("x"),
+                "tools": [{"type": "server", "name": "nope"}],
+            },
+            "no server tool nope",
+        ),
     ],
 )
 async def test_validation_errors_in_openai_shape(

@@ -127,8 +127,15 @@ async def test_tool_call_asks_for_approval(http: httpx.AsyncClient) -> None:
     assert json.loads(got[0]["tool_call"]["arguments"]) == {"q": "ray"}
     assert got[-2]["stop_reason"] == "requires_approval"
 
-    one_step = body(provider_options={"tool_call": tool}, max_steps=1)
+    # A server tool's call goes on to the next step, which max_steps forbids.
+    server_tool = {"name": "add", "arguments": {"a": 1, "b": 2}}
+    one_step = body(
+        provider_options={"tool_call": server_tool},
+        tools=[{"type": "server", "name": "add"}],
+        max_steps=1,
+    )
     got = frames(await collect(http, "POST", "/v1/runs", json=one_step))
+    assert [f["message_type"] for f in got[:2]] == ["tool_call_message", "tool_return_message"]
     assert got[-2]["stop_reason"] == "max_steps"
     run = (await http.get(f"/v1/runs/{got[0]['run_id']}")).json()
     assert run["status"] == "completed" and run["stop_reason"] == "max_steps"
