@@ -1,4 +1,5 @@
-"""Settings of the actor layer: where records live, how long logs are kept, the pool, limits."""
+"""Settings of the actor layer: where records live, how long logs are kept, the pool, limits,
+placement."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ class ActorSettings(BaseSettings):
     max_run_s: float = Field(default=MAX_RUN_S, gt=0)
     max_run_frames: int = Field(default=MAX_RUN_FRAMES, ge=10)
     max_run_bytes: int = Field(default=MAX_RUN_BYTES, ge=4096)
+    # Placement (actors/placement.py): the custom resource one run actor takes a unit of ("" for
+    # none), the slots a Ray started by rayruns itself declares, and how long a run waits for
+    # a slot before it ends `failed`.
+    run_resource: str = Field(default="rayruns_run", pattern=r"^[A-Za-z0-9_.-]*$", max_length=128)
+    local_run_slots: int = Field(default=256, ge=1)
+    placement_timeout_s: float = Field(default=60.0, gt=0)
 
     def resolved_db_path(self) -> Path:
         return self.db_path.expanduser().resolve()
