@@ -124,17 +124,19 @@ class RunRegistry:
         limits = self._settings.run_limits()
         # Started before returning, so that a reader's first read never overtakes `start`.
         try:
-            await self._start(live, spec, limits)
-        except RayActorError:  # a pooled actor that died while idle: a new one takes over
-            self._pool.discard(live.actor)
-            live.actor = self._pool.spawn()
-            self._store.set_actor(run.id, live.actor.name)
             try:
                 await self._start(live, spec, limits)
-            except RayActorError as exc:
-                log.warning("run %s: no run actor could start: %s", run.id, exc)
-                lost = _lost("no run actor could start")
-                return self._finish(run.id, lost, None, []), live.handle
+            except RayActorError:
+                # A pooled actor that died while idle, or a new one whose node died before it
+                # started: a new one takes over.
+                self._pool.discard(live.actor)
+                live.actor = self._pool.spawn()
+                self._store.set_actor(run.id, live.actor.name)
+                await self._start(live, spec, limits)
+        except RayActorError as exc:
+            log.warning("run %s: no run actor could start: %s", run.id, exc)
+            lost = _lost("no run actor could start")
+            return self._finish(run.id, lost, None, []), live.handle
         except TimeoutError:
             # Every slot is taken (or no node hosts runs): Ray keeps the actor unplaced.
             self._pool.discard(live.actor)
