@@ -41,8 +41,11 @@ test-tools:
 	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
 	fi
 
+# Two invocations, one Ray each: the suite on the session's Ray, then the multi-node tests on
+# their own three-node cluster.
 test: lint test-tools
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m multinode
 
 # Its own Ray cluster, started by `ray up` over SSH: it cannot share the suite's Ray session.
 cluster-test: $(VENV)/.test-deps

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # The registry lives on the head node, beside its SQLite file; restarted by Ray if it dies.
 RemoteRegistry: Any = ray.remote(RunRegistry)
+HEAD_NODE = "node:__internal_head__"  # a resource only the head node has
 
 
 class UnknownRun(LookupError):
@@ -55,7 +56,7 @@ class RegistryClient:
             namespace=settings.namespace,
             lifetime="detached",
             get_if_exists=True,
-            resources={"node:__internal_head__": 0.001},
+            resources={HEAD_NODE: 0.001},
         ).remote(settings, provider_settings)
         return cls(handle)
 

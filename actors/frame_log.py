@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from rayruns.actors.frames import LoggedFrame
 
@@ -13,9 +14,16 @@ class LogFull(Exception):
 
 class FrameLog:
     """`max_frames` / `max_bytes` cap the content frames (`append`); the terminal frames a run
-    ends with (`extend`) are always taken, so a capped run still ends well-formed."""
+    ends with (`extend`) are always taken, so a capped run still ends well-formed.
+    `on_frames(n)` is told of every n frames logged (the run actor counts them)."""
 
-    def __init__(self, max_frames: int | None = None, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        max_frames: int | None = None,
+        max_bytes: int | None = None,
+        on_frames: Callable[[int], None] | None = None,
+    ) -> None:
+        self._on_frames = on_frames
         self._frames: list[LoggedFrame] = []
         self._closed = False
         self._changed = asyncio.Event()
@@ -42,12 +50,16 @@ class FrameLog:
         self._bytes += size
         self._frames.append(LoggedFrame(len(self._frames) + 1, message_type, data))
         self._wake()
+        if self._on_frames is not None:
+            self._on_frames(1)
 
     def extend(self, frames: list[LoggedFrame]) -> None:
         assert not self._closed, "a closed log takes no frames"
         assert not frames or frames[0].seq_id == self.next_seq, "frames must continue the log"
         self._frames.extend(frames)
         self._wake()
+        if self._on_frames is not None and frames:
+            self._on_frames(len(frames))
 
     def close(self) -> None:
         self._closed = True

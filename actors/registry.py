@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +34,9 @@ from rayruns.actors.conversation import (
 )
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.keys import AuthCheck, KeyStore
-from rayruns.actors.limits import Admission, default_max_live_runs, timed_out
+from rayruns.actors.limits import Admission, RunLimits, default_max_live_runs, timed_out
+from rayruns.actors.metrics import registry_metrics
+from rayruns.actors.placement import no_room_message
 from rayruns.actors.pool import ActorPool, RunActorRef
 from rayruns.actors.records import Outcome, Run, RunError, RunStatus, Usage, utcnow
 from rayruns.actors.remote import ActorHandle
@@ -81,6 +85,9 @@ class _Live:
         return self.actor.handle
 
 
+SAMPLE_INTERVAL_S = 1.0  # how often the live-run and pool gauges are sampled
+
+
 def new_run_id() -> str:
     return f"run-{uuid.uuid4().hex}"
 
@@ -101,8 +108,11 @@ class RunRegistry:
         self._pool = ActorPool(settings, provider_settings)
         # Loaded here too, so that a request naming an unknown server tool is refused up front.
         self._catalog = ToolCatalog.load(settings.tool_modules)
+        self._metrics = registry_metrics()
         self._recover()
-        self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
+        loop = asyncio.get_running_loop()
+        self._purger = loop.create_task(self._purge_loop())
+        self._sampler = loop.create_task(self._sample_loop())
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -162,18 +172,26 @@ class RunRegistry:
         limits = self._settings.run_limits()
         # Started before returning, so that a reader's first read never overtakes `start`.
         try:
-            await live.handle.start.remote(run.id, spec, limits, context)
-        except RayActorError:  # a pooled actor that died while idle: a new one takes over
-            self._pool.discard(live.actor)
-            live.actor = self._pool.spawn()
-            self._store.set_actor(run.id, live.actor.name)
             try:
-                await live.handle.start.remote(run.id, spec, limits, context)
-            except RayActorError as exc:
-                log.warning("run %s: no run actor could start: %s", run.id, exc)
-                lost = _lost("no run actor could start")
-                return self._finish(run.id, lost, None, []), live.handle
+                await self._place(live, spec, limits, context)
+            except RayActorError:
+                # A pooled actor that died while idle, or a new one whose node died before it
+                # started: a new one takes over.
+                self._pool.discard(live.actor)
+                live.actor = self._pool.spawn()
+                self._store.set_actor(run.id, live.actor.name)
+                await self._place(live, spec, limits, context)
+        except RayActorError as exc:
+            log.warning("run %s: no run actor could start: %s", run.id, exc)
+            lost = _lost("no run actor could start")
+            return self._finish(run.id, lost, None, []), live.handle
+        except TimeoutError:
+            # Every slot is taken (or no node hosts runs): Ray keeps the actor unplaced.
+            self._pool.discard(live.actor)
+            lost = _lost(no_room_message(self._settings))
+            return self._finish(run.id, lost, None, []), live.handle
         live.watch = asyncio.create_task(self._watch(live))
+        self._metrics.started.inc()
         return live.run, live.handle
 
     async def _wait_turn(self, conversation: tuple[str | None, str], spec: RunSpec) -> None:
@@ -206,6 +224,14 @@ class RunRegistry:
             pending_run_id=pending_run,
             active_run_id=self._conversations.get((tenant, conversation_id)),
         )
+
+    async def _place(
+        self, live: _Live, spec: RunSpec, limits: RunLimits, context: RunContext
+    ) -> None:
+        """Start the run on its actor, once Ray has placed it (raises TimeoutError if it stays
+        unplaced for `placement_timeout_s`)."""
+        async with asyncio.timeout(self._settings.placement_timeout_s):
+            await live.handle.start.remote(live.run.id, spec, limits, context)
 
     async def get(self, run_id: str, tenant: str | None = None) -> Run | None:
         return _visible(self._record(run_id), tenant)
@@ -253,10 +279,12 @@ class RunRegistry:
             if run is not None:
                 self._end_wait(run)
             return run
+        asked = time.perf_counter()
         live.handle.cancel.remote(run_id)
         try:
             async with asyncio.timeout(self._settings.cancel_grace_s):
                 await live.done.wait()
+            self._metrics.cancel_to_done.observe(time.perf_counter() - asked)
         except TimeoutError:
             log.warning(
                 "run %s ignored its cancel for %ss; killing its actor",
@@ -296,6 +324,7 @@ class RunRegistry:
             "refused_runs": self._admission.refused,
             "refused_writes": self.refused_writes,
             "incarnation": self._incarnation,
+            "pid": os.getpid(),
             **self._pool.status(),
         }
 
@@ -334,6 +363,7 @@ class RunRegistry:
         assert current is not None, f"unknown run {run_id}"
         if current.terminal:
             self.refused_writes += 1
+            self._metrics.refused.inc()
             log.debug("refused %s for %s: already %s", outcome.stop_reason, run_id, current.status)
             return current
         run = current.model_copy(
@@ -346,6 +376,7 @@ class RunRegistry:
             }
         )
         self._store.finish(run, frames, self._settings.log_retention_s, stream_endings, history)
+        self._metrics.run_ended(run.status, outcome.stop_reason)
         if live is not None:
             live.run = run
             live.done.set()
@@ -412,6 +443,14 @@ class RunRegistry:
             live.watch = asyncio.get_running_loop().create_task(self._watch(live))
         self._pool.adopt_orphans({live.actor.name for live in self._live.values()})
         log.info("registry recovered %d live runs", len(self._live))
+
+    async def _sample_loop(self) -> None:
+        # Sampled rather than set at each change: the pool changes state in many places, and
+        # Ray exports gauges every few seconds anyway.
+        while True:
+            pool = self._pool.status()
+            self._metrics.sample(len(self._live), pool["idle"], pool["warming"])
+            await asyncio.sleep(SAMPLE_INTERVAL_S)
 
     async def _purge_loop(self) -> None:
         while True:

@@ -6,6 +6,7 @@ from typing import Any
 
 import ray
 
+from rayruns.actors.placement import run_actor_placement
 from rayruns.actors.run_actor import RunActor
 from rayruns.actors.settings import ActorSettings
 from rayruns.providers.settings import ProviderSettings
@@ -27,7 +28,10 @@ RUN_ACTOR_OPTIONS: dict[str, Any] = {
 def new_run_actor(
     name: str, settings: ActorSettings, provider_settings: ProviderSettings
 ) -> ActorHandle:
-    options = {**RUN_ACTOR_OPTIONS, "name": name, "namespace": settings.namespace}
-    if settings.run_actor_memory_mb:
-        options["memory"] = settings.run_actor_memory_mb * 1024 * 1024
+    options = {
+        **RUN_ACTOR_OPTIONS,
+        **run_actor_placement(settings),
+        "name": name,
+        "namespace": settings.namespace,
+    }
     return RemoteRunActor.options(**options).remote(provider_settings, settings)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import asdict
 from typing import Any
 
+import ray
 from pydantic import BaseModel
 
 from rayruns.actors.agent_loop import AgentLoop
@@ -20,6 +22,7 @@ from rayruns.actors.frame_builder import FrameBuilder
 from rayruns.actors.frame_log import FrameLog, LogFull
 from rayruns.actors.frames import LoggedFrame, StopReason
 from rayruns.actors.limits import RunLimits, output_limit, timed_out
+from rayruns.actors.metrics import run_actor_metrics
 from rayruns.actors.records import Outcome, RunError, Usage, terminal_frames
 from rayruns.actors.server_tools import ToolCatalog
 from rayruns.actors.settings import ActorSettings
@@ -61,12 +64,15 @@ class RunActor:
         self._cancelled_ids: set[str] = set()
         # Providers hold SDK clients and their connection pools, no run state: kept across runs.
         self._providers: dict[str, Provider] = {}
+        self._metrics = run_actor_metrics()
         self._clear()
 
     def _clear(self) -> None:
         self._run_id: str | None = None
         self._cancel = asyncio.Event()
-        self._log = FrameLog()
+        self._log = FrameLog(on_frames=self._count_frames)
+        self._started = time.perf_counter()
+        self._first_frame_seen = False
         self._calls: list[ProviderCall] = []
         self._result: FinishedRun | None = None
         self._done = asyncio.Event()
@@ -85,7 +91,8 @@ class RunActor:
             raise RuntimeError(f"actor is busy with {self._run_id}; cannot start {run_id}")
         self._run_id = run_id
         limits = limits or RunLimits()
-        self._log = FrameLog(limits.max_frames, limits.max_bytes)
+        self._log = FrameLog(limits.max_frames, limits.max_bytes, on_frames=self._count_frames)
+        self._started = time.perf_counter()
         if run_id in self._cancelled_ids:
             self._cancel.set()
         # The age limit ends a run through its cancel event: the same path that reliably closes
@@ -133,6 +140,17 @@ class RunActor:
     async def ping(self) -> int:
         """The actor's process id: readiness, and which process serves a run."""
         return os.getpid()
+
+    async def node_id(self) -> str:
+        """The Ray node this actor runs on (hex): where placement put it."""
+        node: str = ray.get_runtime_context().get_node_id()
+        return node
+
+    def _count_frames(self, count: int) -> None:
+        if not self._first_frame_seen:
+            self._first_frame_seen = True
+            self._metrics.first_frame.observe(time.perf_counter() - self._started)
+        self._metrics.frames.inc(count)
 
     def _check(self, run_id: str) -> None:
         if run_id != self._run_id:

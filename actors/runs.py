@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from rayruns.actors.batch import BatchEngine, BatchItem, ItemId
 from rayruns.actors.client import RegistryClient
 from rayruns.actors.handle import RunHandle, RunResult
+from rayruns.actors.placement import init_ray
 from rayruns.actors.settings import ActorSettings
 from rayruns.actors.spec import RunSpec, describe
 from rayruns.providers.settings import ProviderSettings
@@ -37,10 +38,11 @@ class Runs:
         settings: ActorSettings | None = None,
         provider_settings: ProviderSettings | None = None,
     ) -> Runs:
-        """Join the Ray cluster at `address` (or start a local Ray) and its rayruns registry."""
+        """Join the Ray cluster at `address` (None: `RAY_ADDRESS` or this machine's `ray start`
+        cluster, else a new local Ray; "local": always a new local Ray) and its registry."""
         settings = settings or ActorSettings()
         if not ray.is_initialized():
-            ray.init(address=address, namespace=settings.namespace, include_dashboard=False)
+            init_ray(address, settings)
         return cls(RegistryClient.connect(settings, provider_settings or ProviderSettings()))
 
     async def start(self, spec: RunSpec | dict[str, Any]) -> RunHandle:

@@ -1,5 +1,5 @@
 """Settings of the actor layer: where records live, how long logs are kept, the pool, limits,
-tools."""
+tools, placement."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ class ActorSettings(BaseSettings):
     @property
     def tool_modules(self) -> list[str]:
         return [m.strip() for m in self.tools.split(",") if m.strip()]
+
+    # Placement (actors/placement.py): the custom resource one run actor takes a unit of ("" for
+    # none), the slots a Ray started by rayruns itself declares, and how long a run waits for
+    # a slot before it ends `failed`.
+    run_resource: str = Field(default="rayruns_run", pattern=r"^[A-Za-z0-9_.-]*$", max_length=128)
+    local_run_slots: int = Field(default=256, ge=1)
+    placement_timeout_s: float = Field(default=60.0, gt=0)
 
     def resolved_db_path(self) -> Path:
         return self.db_path.expanduser().resolve()

@@ -17,6 +17,7 @@ import psutil
 import ray
 from pydantic import SecretStr
 
+from rayruns.actors.placement import init_ray
 from rayruns.actors.remote import new_run_actor
 from rayruns.actors.settings import ActorSettings
 from rayruns.actors.spec import RunSpec
@@ -68,7 +69,7 @@ async def measure() -> dict[str, float]:
 
 
 def main() -> None:
-    ray.init(address="local", include_dashboard=False, namespace="rayruns-memory")
+    init_ray("local", ActorSettings(namespace="rayruns-memory"))
     try:
         print(json.dumps(asyncio.run(measure()), indent=2))
     finally:

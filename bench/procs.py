@@ -185,7 +185,7 @@ class Servers:
             f"--ray-client-server-port={ports[0]}", f"--dashboard-agent-listen-port={ports[1]}",
             f"--dashboard-agent-grpc-port={ports[2]}", f"--runtime-env-agent-port={ports[3]}",
             f"--metrics-export-port={ports[4]}", f"--node-manager-port={ports[5]}",
-            f"--object-manager-port={ports[6]}",
+            f"--object-manager-port={ports[6]}", '--resources={"rayruns_run": 1000}',
         ]  # fmt: skip
         proc = spawn("ray-head", argv, self.env(), self.work_dir)
         self.procs.append(proc)

@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
-from rayruns.actors.client import RegistryClient
+from rayruns.actors.client import HEAD_NODE, RegistryClient
 from rayruns.actors.server_tools import ToolCatalog
 from rayruns.serve_app import chat_completions, session
 from rayruns.serve_app.auth import KeyChecker
 from rayruns.serve_app.errors import BodyLimit, error_response, install_error_handlers
+from rayruns.serve_app.http_metrics import CountResponses
 from rayruns.serve_app.openapi import answers, install_openapi
 from rayruns.serve_app.page import mount_page
 from rayruns.serve_app.runs import Runtime, router
@@ -43,6 +44,7 @@ def build_api(
         return {"status": "ok"}
 
     api.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    api.add_middleware(CountResponses)
     return api
 
 
@@ -66,6 +68,7 @@ def deployment(settings: Settings) -> Any:
         name="RunsIngress",
         num_replicas=settings.serve.num_replicas,
         max_ongoing_requests=settings.serve.max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0},
+        # On the head, beside the registry and the proxy: worker nodes host runs only.
+        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
         health_check_period_s=10,
     ).bind(settings)

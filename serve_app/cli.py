@@ -106,17 +106,14 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     from ray import serve
 
     from rayruns.actors.client import RegistryClient
+    from rayruns.actors.placement import init_ray
     from rayruns.serve_app.app import deployment
 
     pid_file = _pid_file(args, settings)
     if _already_running(pid_file):
         return 1
     # "local" forces a fresh local Ray instead of joining whatever this machine runs.
-    ray.init(
-        address=args.address or "local",
-        namespace=settings.actors.namespace,
-        include_dashboard=False,
-    )
+    init_ray(args.address or "local", settings.actors)
     pid_file.write(os.getpid())
     stop = threading.Event()
     cluster_gone = threading.Event()
@@ -139,7 +136,10 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     watch.start()
     try:
         RegistryClient.connect(settings.actors, settings.providers).wait_ready()
-        serve.start(http_options={"host": settings.serve.host, "port": settings.serve.port})
+        serve.start(
+            proxy_location="HeadOnly",
+            http_options={"host": settings.serve.host, "port": settings.serve.port},
+        )
         serve.run(deployment(settings), name=settings.serve.app_name, route_prefix="/")
         log.info("rayruns is serving on http://%s:%d", settings.serve.host, settings.serve.port)
         stop.wait()

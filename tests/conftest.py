@@ -20,6 +20,7 @@ from ray import serve
 
 from rayruns.actors.client import RegistryClient
 from rayruns.actors.keys import KeyStore
+from rayruns.actors.placement import local_resources
 from rayruns.serve_app.app import deployment
 from rayruns.serve_app.settings import Settings
 from tests import error_bodies
@@ -101,6 +102,7 @@ def ray_session(settings: Settings) -> Iterator[None]:
     ray.init(
         address="local",
         num_cpus=2,
+        resources=local_resources(settings.actors),
         include_dashboard=False,
         namespace=settings.actors.namespace,
         log_to_driver=bool(os.environ.get("RAYRUNS_TEST_RAY_LOGS")),

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -181,3 +183,23 @@ def test_shellcheck_passes_every_command(name: str, key: str) -> None:
 def test_shellcheck_catches_a_tilde_that_pip_would_never_expand() -> None:
     result = shellcheck(_script(["python3 -m pip install --quiet '~/rayruns[providers]'"]))
     assert result.returncode != 0 and "SC2088" in result.stdout
+
+
+def _declared_slots(command: str) -> float:
+    match = re.search(r"--resources='(\{.*?\})'", command)
+    assert match, f"no --resources in {command!r}"
+    slots: float = json.loads(match.group(1))["rayruns_run"]
+    return slots
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_workers_declare_run_slots_and_the_head_none(name: str) -> None:
+    config = load(name)
+    (start,) = [c for c in config["worker_start_ray_commands"] if c.startswith("ray start")]
+    slots = _declared_slots(start)
+    assert slots > 0
+    assert "rayruns_run" not in " ".join(config["head_start_ray_commands"])
+    for node_type in config.get("available_node_types", {}).values():
+        # The autoscaler plans by these: a worker type says what its start command declares.
+        is_head = node_type is config["available_node_types"][config["head_node_type"]]
+        assert node_type["resources"].get("rayruns_run", 0) == (0 if is_head else slots)

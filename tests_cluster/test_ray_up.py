@@ -196,6 +196,11 @@ def config_file(node: Node) -> Iterator[Path]:
     config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
     config["cluster_name"] = f"rayruns-{node.user}"
     config["provider"] = {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []}
+    # No workers: the head hosts the runs too.
+    config["head_start_ray_commands"] = [
+        f"{c} --resources='{{\"rayruns_run\": 8}}'" if c.startswith("ray start --head") else c
+        for c in config["head_start_ray_commands"]
+    ]
     config["auth"] = {
         "ssh_user": node.user,
         "ssh_private_key": str(node.key),
