@@ -238,7 +238,7 @@ async def test_sdk_is_imported_only_by_the_stream(vendor: str) -> None:
     code = (
         f"import sys; from rayruns.providers.catalog import make_provider, parse_options;"
         f"from rayruns.providers.settings import ProviderSettings;"
-        f"parse_options({vendor!r}, {{'temperature': 0.1, 'tools': []}});"
+        f"parse_options({vendor!r}, {{'temperature': 0.1, 'stop': ['x']}});"
         f"make_provider({vendor!r}, ProviderSettings());"
         f"print({sdk!r} in sys.modules)"
     )
