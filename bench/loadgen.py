@@ -247,7 +247,8 @@ async def streams(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     stagger, settle_max = float(spec.get("stagger_s", 0.01)), 90.0
     total_s = k * stagger + ramp_timeout + settle_max + warmup + duration + drain
     chunks = int(total_s / FRAME_INTERVAL_S)
-    body = _body("x " * chunks, delay_s=FRAME_INTERVAL_S, stamp=True)
+    # One character a chunk: the run's text stays under the 16 KiB `provider_options` cap.
+    body = _body("x" * chunks, chunk="char", delay_s=FRAME_INTERVAL_S, stamp=True)
     window: list[float] = []  # [t0, t1] once known (time.time())
     states = [_StreamState() for _ in range(k)]
     all_started = asyncio.Event()
@@ -507,7 +508,8 @@ async def disconnect(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     beside `streams` live 50 frames/s streams read by this process."""
     n, k = int(spec.get("n", 100)), int(spec.get("streams", 40))
     warmup = int(spec.get("warmup", 5))
-    load_body = _body("x " * int(3600 / FRAME_INTERVAL_S), delay_s=FRAME_INTERVAL_S)
+    # 300 s of load, one character a chunk: under the 16 KiB `provider_options` cap.
+    load_body = _body("x" * int(300 / FRAME_INTERVAL_S), chunk="char", delay_s=FRAME_INTERVAL_S)
     body = _body("x " * 2000, delay_s=FRAME_INTERVAL_S)
     load: list[Response] = []
     readers: list[asyncio.Future[None]] = []
