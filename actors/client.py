@@ -9,6 +9,7 @@ restarting) pass through as they are.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -18,11 +19,13 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.keys import AuthCheck
+from rayruns.actors.reader import live_batches
 from rayruns.actors.records import Run, RunStatus, terminal_frames
 from rayruns.actors.registry import ConversationView, RunRegistry
 from rayruns.actors.remote import ActorHandle
 from rayruns.actors.run_actor import NotThisRun
 from rayruns.actors.settings import ActorSettings
+from rayruns.actors.sink import FrameSink
 from rayruns.actors.spec import RunSpec
 from rayruns.providers.settings import ProviderSettings
 
@@ -40,8 +43,9 @@ class UnknownRun(LookupError):
 class RegistryClient:
     """Typed calls on the cluster's `RunRegistry`, and reading runs' frames."""
 
-    def __init__(self, registry: ActorHandle) -> None:
+    def __init__(self, registry: ActorHandle, settings: ActorSettings | None = None) -> None:
         self.handle = registry
+        self.settings = settings or ActorSettings()
 
     @classmethod
     def connect(
@@ -58,7 +62,7 @@ class RegistryClient:
             get_if_exists=True,
             resources={HEAD_NODE: 0.001},
         ).remote(settings, provider_settings)
-        return cls(handle)
+        return cls(handle, settings)
 
     async def _call(self, method: str, *args: Any) -> Any:
         try:
@@ -171,30 +175,28 @@ class RegistryClient:
         terminal frames of the run's recorded outcome (numbered on from the last frame it saw).
         """
         if actor is not None:
-            # Long-poll `read`: each read returns everything logged since the last one, so a
-            # reader that falls behind (a busy ingress) gets bigger batches instead of an ever
-            # longer queue of one-frame objects (bench/README.md).
-            pending = None
+            live = live_batches(actor, run_id, after_seq, await self.sink())
             try:
-                while True:
-                    pending = actor.read.remote(run_id, after_seq)
-                    batch: list[LoggedFrame]
-                    batch, closed = await pending
-                    pending = None
-                    if batch:
+                # aclosing: a reader that leaves ends its subscription (or its read) at once.
+                async with contextlib.aclosing(live):
+                    async for batch in live:
                         after_seq = batch[-1].seq_id
                         yield batch
-                    if closed:
-                        return
+                return
             except (RayActorError, NotThisRun) as exc:
                 # The actor finished and was retired, or died: the registry has the rest.
                 log.debug("run %s: actor gone while reading (%s)", run_id, type(exc).__name__)
-            finally:
-                if pending is not None:  # the reader went away mid-read: stop the actor's wait
-                    ray.cancel(pending)
         rest = await self._recorded_rest(run_id, after_seq)
         if rest:
             yield rest
+
+    async def sink(self) -> FrameSink | None:
+        """This process's frame sink (None: frames are read with Ray calls)."""
+        if self.settings.frame_transport != "push":
+            return None
+        return await FrameSink.for_this_loop(
+            self.settings.sink_buffer_bytes, self.settings.sink_queue_batches
+        )
 
     async def _recorded_rest(self, run_id: str, after_seq: int) -> list[LoggedFrame]:
         run = await self.wait_terminal(run_id)

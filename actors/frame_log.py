@@ -1,4 +1,5 @@
-"""A run's frame log: append-only, numbered from 1, read from any `seq_id` by many readers."""
+"""A run's frame log: append-only, numbered from 1, read from any `seq_id` by many readers
+(pulled with `wait_beyond`/`after`, or pushed by a listener on `on_change`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class FrameLog:
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         self._bytes = 0
+        # Called on every append and on close (the push side of the data plane listens here).
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def next_seq(self) -> int:
@@ -82,3 +85,5 @@ class FrameLog:
         # everything appended in the meantime as one batch.
         self._changed.set()
         self._changed = asyncio.Event()
+        if self.on_change is not None:
+            self.on_change()

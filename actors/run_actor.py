@@ -1,7 +1,8 @@
 """RunActor: owns one run at a time — its provider stream, its cancel event and its frame log.
 
 The pump runs the provider in its own task, so no reader can stop it; readers follow the log
-from any `seq_id`, each getting everything logged since its last read as one batch.
+from any `seq_id`: pushed to their process's sink after one `attach` (actors/push.py), or pulled
+with `read`, each getting everything logged since its last batch as one batch.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from rayruns.actors.frame_log import FrameLog, LogFull
 from rayruns.actors.frames import LoggedFrame, StopReason
 from rayruns.actors.limits import RunLimits, output_limit, timed_out
 from rayruns.actors.metrics import run_actor_metrics
+from rayruns.actors.push import Pusher
 from rayruns.actors.records import Outcome, RunError, Usage, terminal_frames
 from rayruns.actors.server_tools import ToolCatalog
 from rayruns.actors.settings import ActorSettings
 from rayruns.actors.spec import RunSpec
+from rayruns.actors.wire import SinkAddress
 from rayruns.providers.base import Message, Provider, ProviderCall, RunCancelled
 from rayruns.providers.catalog import make_provider
 from rayruns.providers.errors import ProviderError
@@ -65,6 +68,7 @@ class RunActor:
         # Providers hold SDK clients and their connection pools, no run state: kept across runs.
         self._providers: dict[str, Provider] = {}
         self._metrics = run_actor_metrics()
+        self._pusher = Pusher()
         self._clear()
 
     def _clear(self) -> None:
@@ -73,6 +77,7 @@ class RunActor:
         self._log = FrameLog(on_frames=self._count_frames)
         self._started = time.perf_counter()
         self._first_frame_seen = False
+        self._pusher.follow(self._log)  # readers of the last run are dropped
         self._calls: list[ProviderCall] = []
         self._result: FinishedRun | None = None
         self._done = asyncio.Event()
@@ -93,6 +98,7 @@ class RunActor:
         limits = limits or RunLimits()
         self._log = FrameLog(limits.max_frames, limits.max_bytes, on_frames=self._count_frames)
         self._started = time.perf_counter()
+        self._pusher.follow(self._log)
         if run_id in self._cancelled_ids:
             self._cancel.set()
         # The age limit ends a run through its cancel event: the same path that reliably closes
@@ -120,6 +126,21 @@ class RunActor:
         self._check(run_id)
         await self._log.wait_beyond(after_seq)
         return self._log.after(after_seq), self._log.closed
+
+    async def attach(
+        self, run_id: str, sink: SinkAddress, subscription_id: str, after_seq: int
+    ) -> None:
+        """Push the frames after `after_seq`, then each new batch, to `sink` until the log
+        closes, the reader leaves, its buffer overflows, or a reset. Raises NotThisRun,
+        SinkRefused (wrong secret or unknown subscription) or OSError (sink unreachable)."""
+        self._check(run_id)
+        if not await self._pusher.attach(self._log, sink, subscription_id, after_seq):
+            raise NotThisRun(f"this actor is no longer running {run_id}")  # reset meanwhile
+
+    async def subscriptions(self) -> dict[str, int]:
+        """Readers attached now (those still draining their last batch included), and how
+        many were dropped for falling behind."""
+        return {"attached": len(self._pusher), "dropped": self._pusher.dropped}
 
     async def result(self, run_id: str) -> FinishedRun:
         self._check(run_id)

@@ -4,6 +4,7 @@ tools, placement."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,14 @@ class ActorSettings(BaseSettings):
     run_resource: str = Field(default="rayruns_run", pattern=r"^[A-Za-z0-9_.-]*$", max_length=128)
     local_run_slots: int = Field(default=256, ge=1)
     placement_timeout_s: float = Field(default=60.0, gt=0)
+    # How readers take a live run's frames: pushed by the run actor to the reader process's
+    # sink over a socket ("push"), or pulled with one Ray call per batch ("read").
+    frame_transport: Literal["push", "read"] = "push"
+    # Push: unsent bytes a run actor holds for one reader before dropping it (the reader then
+    # catches up with `read`), and batches a sink queues for one reader before it stops
+    # reading that reader's socket.
+    sink_buffer_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
+    sink_queue_batches: int = Field(default=64, ge=2)
 
     def resolved_db_path(self) -> Path:
         return self.db_path.expanduser().resolve()

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from bench.frame_cost import cpu_per_frame_ms, cpu_ratio
+
 P99_LIMIT_MS = 250.0
 
 
@@ -72,6 +74,7 @@ def summarize(raw: dict[str, Any], *, with_ray: bool) -> dict[str, Any]:
         "cancel_to_done_ms_p99": get("cancel.cancel_to_done_ms.p99"),
         "cancel_to_upstream_close_ms_p99": get("cancel_upstream.cancel_to_upstream_close_ms.p99"),
         "http_runs_per_s": get("http_runs.runs_per_s"),
+        "cpu_per_frame_ms": cpu_per_frame_ms(raw),
         "failures": failures(raw),
     }
     if with_ray:
@@ -111,8 +114,11 @@ def results(
     """results.json: a summary and its targets per configuration, the baseline's summary, the
     machine, and every raw number under `details`."""
     out: dict[str, Any] = {}
+    baseline_cpu = cpu_per_frame_ms(details.get("baseline", {}))
     for name in configs:
         summary = summarize(details[name], with_ray=True)
+        summary["baseline_cpu_per_frame_ms"] = baseline_cpu
+        summary["cpu_per_frame_ratio"] = cpu_ratio(summary["cpu_per_frame_ms"], baseline_cpu)
         summary["targets_met"] = targets_met(summary)
         out[name] = summary
     if "baseline" in details:

@@ -33,7 +33,7 @@ from bench.report import P99_LIMIT_MS
 
 BENCH_DIR = Path(__file__).resolve().parent
 POINTS = [1, 20, 100, 300]  # the stream counts results.json reports
-GRID = [40, 60, 80]  # more points, for the largest count within the p99 limit
+GRID = [40, 60, 80, 150, 200]  # more points, for the largest count within the p99 limit
 
 
 @dataclass(frozen=True)
