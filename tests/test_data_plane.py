@@ -184,19 +184,22 @@ async def test_a_stalled_reader_delays_neither_other_readers_nor_the_pump(
     registry: RegistryClient,
 ) -> None:
     client = client_with(registry, sink_buffer_bytes=64 * 1024, sink_queue_batches=2)
+    # The other reader's own sink asks for room for the whole run: it is never dropped.
+    roomy = client_with(registry, sink_buffer_bytes=64 * 1024 * 1024, sink_queue_batches=4096)
     last = len(BIG.split())  # the provider goes silent before its last chunk
     run, actor = await client.create_run(spec(BIG, delay_s=0.0, hang_after=last - 1))
-    stalled = client.follow(run.id, 0, actor)
-    first = list(await anext(stalled))  # ... and then it takes nothing for a while
+    try:
+        stalled = client.follow(run.id, 0, actor)
+        first = list(await anext(stalled))  # ... and then it takes nothing for a while
 
-    other = client.follow(run.id, 0, actor)
-    got: list[LoggedFrame] = []
-    while not got or got[-1].seq_id < last - 1:  # the pump got this far, and so did this reader
-        got += await anext(other)
-    counts = await actor.subscriptions.remote()
-    assert counts["attached"] == 1 and counts["dropped"] >= 1, "the stalled reader was dropped"
-
-    await client.cancel(run.id)
+        other = roomy.follow(run.id, 0, actor)
+        got: list[LoggedFrame] = []
+        while not got or got[-1].seq_id < last - 1:  # the pump got this far, and this reader
+            got += await anext(other)
+        counts = await actor.subscriptions.remote()
+        assert counts["attached"] == 1 and counts["dropped"] >= 1, counts
+    finally:
+        await client.cancel(run.id)
     got += [f async for batch in other for f in batch]
     log = await stored(client, run.id)
     assert_exact(got, log)
