@@ -7,7 +7,7 @@ frames are translated into Chat Completions objects here; errors take OpenAI's e
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
@@ -41,7 +41,7 @@ from rayruns.serve_app.auth import CallerDep
 from rayruns.serve_app.errors import busy_message, openai_error, too_many_runs
 from rayruns.serve_app.openapi import CHUNK_EVENTS, answers
 from rayruns.serve_app.runs import runtime
-from rayruns.serve_app.sse import ClosingEventSourceResponse, JsonEventEncoder, sse_body
+from rayruns.serve_app.sse import FrameStream, JsonEventEncoder
 
 router = APIRouter(prefix="/v1")
 
@@ -241,18 +241,6 @@ def _error_answer(error: dict[str, Any], run_id: str) -> JSONResponse:
     return openai_error(status, error["message"], kind, error["error_type"], {"X-Run-Id": run_id})
 
 
-async def _chain(
-    first: list[LoggedFrame], rest: AsyncGenerator[list[LoggedFrame], None]
-) -> AsyncGenerator[list[LoggedFrame], None]:
-    try:
-        if first:
-            yield first
-        async for batch in rest:
-            yield batch
-    finally:
-        await rest.aclose()
-
-
 OPTIONS_CODE = "invalid_provider_options"  # provider_options refused: 422, not OpenAI's 400
 
 
@@ -314,13 +302,14 @@ async def chat_completions(request: Request, caller: CallerDep) -> Response:
         on_finish(finished)
         return JSONResponse(_completion(run, seen), headers=headers)
     include_usage = chat.stream_options is not None and chat.stream_options.include_usage
-    body = sse_body(
-        _chain(seen, frames),
+    return FrameStream(
+        frames,
         JsonEventEncoder(ChunkTranslator(run, include_usage)),
+        headers,
         ping_interval_s=rt.settings.ping_interval_s,
         on_finish=on_finish,
+        first=seen,
     )
-    return ClosingEventSourceResponse(body, headers)
 
 
 def _completion(run: Run, frames: list[LoggedFrame]) -> dict[str, Any]:

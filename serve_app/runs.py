@@ -18,7 +18,7 @@ from rayruns.serve_app.errors import ApiError
 from rayruns.serve_app.openapi import RUN_EVENTS, answers
 from rayruns.serve_app.run_body import MessageTypes, RunBody, check_message_types
 from rayruns.serve_app.settings import ServeSettings
-from rayruns.serve_app.sse import ClosingEventSourceResponse, FrameEncoder, sse_body, wanted
+from rayruns.serve_app.sse import FrameEncoder, FrameStream, wanted
 
 # Every route here acts for the caller's tenant (serve_app/auth.py): another tenant's run is
 # answered 404, as if it did not exist.
@@ -176,14 +176,14 @@ def _sse(
     types: list[str] | None,
     headers: dict[str, str],
     on_finish: Callable[[bool], None] | None,
-) -> ClosingEventSourceResponse:
-    body = sse_body(
+) -> FrameStream:
+    return FrameStream(
         frames,
         FrameEncoder(run_id, types),
+        headers,
         ping_interval_s=rt.settings.ping_interval_s if include_pings else None,
         on_finish=on_finish,
     )
-    return ClosingEventSourceResponse(body, headers)
 
 
 async def _collected(

@@ -73,61 +73,70 @@ class JsonEventEncoder:
         return KEEPALIVE
 
 
-async def sse_body(
-    batches: AsyncGenerator[list[LoggedFrame], None],
-    encoder: Encoder,
-    *,
-    ping_interval_s: float | None,
-    on_finish: Callable[[bool], None] | None = None,
-) -> AsyncGenerator[bytes, None]:
-    """Encode each batch as one chunk, ping while idle, end with `[DONE]`.
+class FrameStream(EventSourceResponse):
+    """One SSE response of batches of frames: each batch one chunk, pings while idle, `[DONE]`.
 
-    `on_finish(completed)` runs however the body ends: `completed` is False when the client
-    went away (or anything else stopped the body) before `[DONE]` was sent.
-    """
-    last_seq: int | None = None
-    pending: asyncio.Future[list[LoggedFrame]] | None = None
-    completed = False
-    try:
-        while True:
-            pending = asyncio.ensure_future(anext(batches))
-            while not (await asyncio.wait((pending,), timeout=ping_interval_s))[0]:
-                yield encoder.ping(last_seq)
-            try:
-                batch = pending.result()
-            except StopAsyncIteration:
-                break
-            last_seq = batch[-1].seq_id
-            chunk = encoder.batch(batch)
-            if chunk:
-                yield chunk
-        completed = True
-        yield DONE_EVENT
-    finally:
-        # First, before any await here can be interrupted by a second cancel.
-        if on_finish is not None:
-            on_finish(completed)
-        if pending is not None and not pending.done():
-            pending.cancel()
-            await asyncio.wait((pending,))
-        with contextlib.suppress(Exception):
-            await batches.aclose()
-
-
-class ClosingEventSourceResponse(EventSourceResponse):
-    """Closes its body however the response ends.
-
-    A client that goes away while the body is parked at a `yield` (the send failed) would
-    otherwise leave the generator to the garbage collector, and its cleanup (cancelling a
-    foreground run) to chance.
+    `first` is a batch already read from `batches` (sent before the rest).
+    `on_finish(completed)` runs exactly once however the response ends, `completed` False
+    when the client went away (or anything else stopped it) before `[DONE]` was sent. It is
+    called here, not in the body generator: a client that leaves between the headers and the
+    body's first step would otherwise close a generator that never started, whose `finally`
+    never runs, and a foreground run would outlive its client.
     """
 
-    def __init__(self, body: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
-        super().__init__(body, headers={**SSE_HEADERS, **headers}, ping=0)
-        self._body = body
+    def __init__(
+        self,
+        batches: AsyncGenerator[list[LoggedFrame], None],
+        encoder: Encoder,
+        headers: dict[str, str],
+        *,
+        ping_interval_s: float | None,
+        on_finish: Callable[[bool], None] | None = None,
+        first: list[LoggedFrame] | None = None,
+    ) -> None:
+        self._first = first
+        self._batches = batches
+        self._encoder = encoder
+        self._ping_interval_s = ping_interval_s
+        self._on_finish = on_finish
+        self._completed = False
+        self._body = self._encode()
+        super().__init__(self._body, headers={**SSE_HEADERS, **headers}, ping=0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
+            # First, before any await here can be interrupted by a second cancel.
+            if self._on_finish is not None:
+                self._on_finish(self._completed)
             await self._body.aclose()
+            with contextlib.suppress(Exception):
+                await self._batches.aclose()
+
+    async def _encode(self) -> AsyncGenerator[bytes, None]:
+        last_seq: int | None = None
+        pending: asyncio.Future[list[LoggedFrame]] | None = None
+        try:
+            if self._first:
+                last_seq = self._first[-1].seq_id
+                if chunk := self._encoder.batch(self._first):
+                    yield chunk
+            while True:
+                pending = asyncio.ensure_future(anext(self._batches))
+                while not (await asyncio.wait((pending,), timeout=self._ping_interval_s))[0]:
+                    yield self._encoder.ping(last_seq)
+                try:
+                    batch = pending.result()
+                except StopAsyncIteration:
+                    break
+                last_seq = batch[-1].seq_id
+                chunk = self._encoder.batch(batch)
+                if chunk:
+                    yield chunk
+            self._completed = True
+            yield DONE_EVENT
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                await asyncio.wait((pending,))
