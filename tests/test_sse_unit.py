@@ -53,7 +53,7 @@ async def test_a_client_gone_before_the_body_starts_still_ends_the_response() ->
         if message["type"] == "http.response.start":
             raise OSError("the client went away")  # the body never takes its first step
 
-    with pytest.raises(BaseException):  # noqa: B017, PT011 - however the server reports it
+    with pytest.raises(OSError, match="the client went away"):
         await response(SCOPE, never_disconnects, send)
     assert finished == [False]
     assert source.closed
