@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test lint bench clean cluster-test test-tools
+.PHONY: run test lint bench clean cluster-test test-tools screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ test: lint test-tools
 # Its own Ray cluster, started by `ray up` over SSH: it cannot share the suite's Ray session.
 cluster-test: $(VENV)/.test-deps
 	$(BIN)/pytest -q -p no:cacheprovider tests_cluster
+
+# Renews the README's picture of the page (the suite itself writes var/screenshot.png).
+screenshot: test-tools
+	RAYRUNS_SCREENSHOT=docs/screenshot.png $(BIN)/pytest -q tests/test_page.py -k renders
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench.run
