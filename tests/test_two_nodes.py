@@ -13,8 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.own_ray
 @pytest.mark.timeout(300)
-def test_frames_from_an_actor_on_another_node_arrive_by_push() -> None:
+def test_frames_from_an_actor_on_another_node_arrive_by_push(no_session_ray: None) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
         [sys.executable, "-m", "tests.two_nodes_probe"],
