@@ -199,6 +199,51 @@ async def start_overhead(target: Target, spec: dict[str, Any]) -> dict[str, Any]
     return {"start_ms": summary(samples), "settled_s": settled_s, **failures.json(), **cpu.stop()}
 
 
+async def _first_content_at(response: Response) -> float | None:
+    """When the first content frame arrived (None: the stream ended without one)."""
+    first: float | None = None
+    async for _, data in response.events():
+        content = data.startswith("{") and json.loads(data).get("message_type") in CONTENT
+        if first is None and content:
+            first = time.perf_counter()
+        if data == "[DONE]":
+            break
+    response.close()
+    return first
+
+
+async def burst(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
+    """`n` runs posted at once on a quiet server: the burst's start → each run's first content
+    frame. What a pool of warm actors buys, and what the runs beyond it pay (new processes)."""
+    n = int(spec.get("n", 60))
+    failures = Failures()
+    settled_s = await settle(spec.get("server_pids", []))
+    cpu = CpuWindow(spec.get("server_pids", []))
+
+    async def one() -> float | None:
+        try:
+            response = await open_request(target, "POST", "/v1/runs", _body("alpha beta gamma"))
+            first = await _first_content_at(response)
+            if first is None:
+                raise RuntimeError(f"HTTP {response.status}: no content frame")
+        except Exception as exc:
+            failures.add(exc)
+            return None
+        return first
+
+    cpu.start()
+    t0 = time.perf_counter()
+    firsts = await asyncio.gather(*(one() for _ in range(n)))
+    samples = [(f - t0) * 1000 for f in firsts if f is not None]
+    return {
+        "n": n,
+        "first_frame_ms": summary(samples),
+        "settled_s": settled_s,
+        **failures.json(),
+        **cpu.stop(),
+    }
+
+
 @dataclass
 class _StreamState:
     latencies: list[float] = field(default_factory=list)
@@ -591,6 +636,7 @@ SCENARIOS = {
     "cancel_upstream": cancel_upstream,
     "http_runs": http_runs,
     "disconnect": disconnect,
+    "burst": burst,
 }
 
 

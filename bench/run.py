@@ -76,8 +76,10 @@ class Plan:
     search_steps: int
     disconnect_n: int
     disconnect_streams: int = 40
+    burst_n: int = 60
     scenarios: tuple[str, ...] = (
         "start",
+        "burst",
         "cancel",
         "disconnect",
         "streams",
@@ -213,6 +215,8 @@ def measure(
     out: dict[str, Any] = {}
     if "start" in plan.scenarios:
         out["start"] = loadgen("start", n=plan.start_n)
+    if "burst" in plan.scenarios:
+        out["burst"] = loadgen("burst", n=plan.burst_n)
     if "cancel" in plan.scenarios:
         out["cancel"] = loadgen("cancel", n=plan.cancel_n)
         out["cancel_upstream"] = loadgen("cancel_upstream", n=plan.upstream_n, wire_port=wire_port)

@@ -49,6 +49,7 @@ async def test_a_short_run_has_every_key(baseline: tuple[Target, int]) -> None:
     target, wire_port = baseline
     raw: dict[str, Any] = {
         "start": await loadgen.start_overhead(target, {"n": 3, "warmup": 1}),
+        "burst": await loadgen.burst(target, {"n": 5}),
         "cancel": await loadgen.cancel(target, {"n": 2, "warmup": 0}),
         "cancel_upstream": await loadgen.cancel_upstream(target, {"n": 1, "wire_port": wire_port}),
         "http_runs": await loadgen.http_runs(target, {"n": 5, "concurrency": 2}),
@@ -65,7 +66,8 @@ async def test_a_short_run_has_every_key(baseline: tuple[Target, int]) -> None:
     raw["streams"] = points
     raw["search"] = run.search_max(lambda k: points[str(k)], points, 0)
     assert raw["cancel_upstream"]["cancel_to_upstream_close_ms"]["n"] == 1
-    assert all(raw[s]["failures"] == 0 for s in ("start", "cancel", "cancel_upstream"))
+    assert all(raw[s]["failures"] == 0 for s in ("start", "burst", "cancel", "cancel_upstream"))
+    assert raw["burst"]["first_frame_ms"]["n"] == 5
 
     memory = {f"{p}": 50.0 for p in ("bare", *report.VENDORS)}
     ours = {
