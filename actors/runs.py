@@ -37,11 +37,14 @@ class Runs:
         settings: ActorSettings | None = None,
         provider_settings: ProviderSettings | None = None,
     ) -> Runs:
-        """Join the Ray cluster at `address` (or start a local Ray) and its rayruns registry."""
+        """Join the Ray cluster at `address` (or start a local Ray) and its rayruns registry.
+        Raises RegistryFailed when the registry cannot start (its database is another's)."""
         settings = settings or ActorSettings()
         if not ray.is_initialized():
             ray.init(address=address, namespace=settings.namespace, include_dashboard=False)
-        return cls(RegistryClient.connect(settings, provider_settings or ProviderSettings()))
+        client = RegistryClient.connect(settings, provider_settings or ProviderSettings())
+        client.wait_ready()
+        return cls(client)
 
     async def start(self, spec: RunSpec | dict[str, Any]) -> RunHandle:
         """Start a run from a spec, or from the fields of a `POST /v1/runs` body (those saying

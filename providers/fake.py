@@ -19,6 +19,7 @@ from rayruns.providers.base import (
     ProviderCall,
     ProviderEvent,
     ReasoningDelta,
+    RunCancelled,
     StreamGuard,
     TextDelta,
     ToolCall,
@@ -62,6 +63,8 @@ class FakeOptions(CommonOptions):
     fail: FailKind | None = None
     fail_after: JsonInt = Field(default=0, ge=0)
     hang_after: Count | None = None
+    # With `hang_after`: the silent stream swallows its cancel (a provider that ignores it).
+    ignore_cancel: bool = False
     tool_call: FakeToolCall | None = None
     # Benchmarks: each text chunk becomes `time.time()` when it is produced ("<seconds> "),
     # so a client can measure how long the frame took to reach it.
@@ -105,7 +108,7 @@ class FakeProvider(Provider):
                     if opts.fail is not None and sent == opts.fail_after:
                         raise _failure(opts.fail, sent)
                     if opts.hang_after is not None and sent == opts.hang_after:
-                        await asyncio.Event().wait()  # a provider gone silent
+                        await _silence(opts.ignore_cancel)
                     if opts.delay_s:
                         await asyncio.sleep(opts.delay_s)
                     sent += 1
@@ -117,6 +120,16 @@ class FakeProvider(Provider):
                     raise _failure(opts.fail, sent)
             finally:
                 call.ending.upstream_closed = True
+
+
+async def _silence(ignore_cancel: bool) -> None:
+    """A provider gone silent; one that ignores cancels stays so through them."""
+    while True:
+        try:
+            await asyncio.Event().wait()
+        except (asyncio.CancelledError, RunCancelled):
+            if not ignore_cancel:
+                raise
 
 
 def _last_user_text(call: ProviderCall) -> str:

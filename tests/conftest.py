@@ -55,6 +55,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, vendor_server: WireServer
     s.actors.db_path = Path(tmp_path_factory.mktemp("db")) / "runs.sqlite3"
     s.actors.cancel_grace_s = 5.0
     s.actors.pool_idle_s = 1.0
+    s.actors.purge_interval_s = 0.5  # terminal records kept in memory are written again soon
     s.serve.port = _free_port()
     s.serve.ping_interval_s = 0.3
     s.serve.max_body_bytes = 64 * 1024
