@@ -73,6 +73,7 @@ def record_error_bodies(settings: Settings) -> None:
 @pytest.fixture(scope="session")
 def ray_session(settings: Settings) -> Iterator[None]:
     ray.init(
+        address="local",  # a Ray of the session's own, never a `ray start` cluster running here
         num_cpus=2,
         include_dashboard=False,
         namespace=settings.actors.namespace,
