@@ -113,24 +113,31 @@ class RunStore:
             raise
 
     def _migrate(self) -> None:
-        """Bring a database of any earlier layout up to this one, in one transaction."""
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
-            if "runs" in tables:
-                columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-                if "tenant" not in columns:  # from before tenants: its runs have none
+        """Bring a database of any earlier layout up to this one. Writes only when something
+        is missing, so that opening a current database never waits for another writer."""
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        missing = {"tenant", "ended_at"} - columns if "runs" in tables else set()
+        if missing or "logs" in tables:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                if "tenant" in missing:  # from before tenants: its runs have none
                     self._db.execute("ALTER TABLE runs ADD COLUMN tenant TEXT")
-                if "ended_at" not in columns:  # from before record retention
+                if "ended_at" in missing:  # from before record retention
                     self._db.execute("ALTER TABLE runs ADD COLUMN ended_at REAL")
                     self._db.execute(_BACKFILL_ENDED_AT)
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            if "logs" in tables:  # one JSON array per log, before paged logs
-                for statement in _FROM_V0_LOGS.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                self._create_schema()
+                if "logs" in tables:  # one JSON array per log, before paged logs
+                    for statement in _FROM_V0_LOGS.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+        else:
+            self._create_schema()  # CREATE ... IF NOT EXISTS of what exists takes no lock
+
+    def _create_schema(self) -> None:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
 
     def close(self) -> None:
         self._db.close()

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from rayruns.actors.client import RegistryClient
+from rayruns.serve_app.auth import Caller
 from rayruns.serve_app.run_body import RunBody
 from rayruns.serve_app.runs import Runtime, create_run
 from rayruns.serve_app.settings import Settings
@@ -143,7 +144,7 @@ async def test_a_client_leaving_during_create_cancels_the_run(
     rt = Runtime(registry, settings.serve)
     live_before = (await registry.stats())["live_runs"]
     with writes_blocked(db):
-        creating = asyncio.create_task(create_run(request, rt))
+        creating = asyncio.create_task(create_run(request, rt, Caller(tenant=None)))
 
         async def reached_the_registry() -> bool:
             return (await registry.stats())["live_runs"] > live_before

@@ -173,3 +173,17 @@ def test_a_version_0_database_is_migrated(tmp_path: Path) -> None:
     assert store.get(record.id) == record
     assert store.frames(record.id) == [LoggedFrame(*f) for f in frames]
     assert store.purge_records(0) == 1, "its end time was filled in from the record"
+
+
+def test_opening_a_current_database_does_not_wait_for_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite3"
+    RunStore(path).close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # e.g. `rayruns keys` mid-write as a registry restarts
+    try:
+        store = RunStore(path)
+        assert store.get("run-none") is None
+        store.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
