@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS pending_calls (
 """
 
 _UNFINISHED = "('created', 'running')"
+_SQLITE_INT_MAX = 2**63 - 1
 
 # Logs used to be one JSON array each in `logs` (a whole log per read, and a log could exceed
 # SQLite's row limit); now they are one row per frame.
@@ -347,6 +348,10 @@ class RunStore:
         ).fetchone()
         if kept is None:
             return None
+        # A client's cursor may be any non-negative integer; SQLite's stop at 2**63 - 1, and
+        # no seq_id comes near that: past it, nothing follows.
+        if after_seq >= _SQLITE_INT_MAX:
+            return []
         rows = self._db.execute(
             "SELECT seq_id, message_type, data FROM log_frames WHERE run_id = ? AND seq_id > ?"
             " ORDER BY seq_id LIMIT ?",

@@ -139,6 +139,8 @@ def test_logs_are_read_a_page_at_a_time(tmp_path: Path) -> None:
     assert store.frames(record.id, 4, 4) == log[4:8]
     assert store.frames(record.id, 8, 4) == log[8:]
     assert store.frames(record.id, 10, 4) == []
+    # A client's cursor past SQLite's integers (Last-Event-ID is any non-negative integer).
+    assert store.frames(record.id, 2**64, 4) == []
 
 
 def test_records_past_retention_are_purged_with_their_logs(tmp_path: Path) -> None:
