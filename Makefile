@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test lint bench clean cluster-test test-tools screenshot
+.PHONY: run test fault lint bench clean cluster-test test-tools screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ test-tools:
 test: lint test-tools
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -m multinode
+
+# The fault-injection suite alone (it also runs in `make test`).
+fault: $(VENV)/.test-deps
+	$(BIN)/pytest -q -m fault
 
 # Its own Ray cluster, started by `ray up` over SSH: it cannot share the suite's Ray session.
 cluster-test: $(VENV)/.test-deps

@@ -155,7 +155,7 @@ class BatchEngine:
         """Create the run, waiting out the live-run limit; None if the batch stops meanwhile."""
         while not self.stopping.is_set():
             try:
-                return await self._client.create_run(spec)
+                return await self._client.create_run_or_cancel(spec, True)
             except LiveRunLimit as exc:
                 # Spread out, so that waiting workers do not all come back at once.
                 pause = exc.retry_after_s * random.uniform(0.5, 1.5)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
-from typing import Any
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.keys import AuthCheck
 from rayruns.actors.reader import live_batches
 from rayruns.actors.records import Run, RunStatus, terminal_frames
-from rayruns.actors.registry import ConversationView, RunRegistry
+from rayruns.actors.registry import ConversationView, RunRegistry, new_run_id
 from rayruns.actors.remote import ActorHandle
 from rayruns.actors.run_actor import NotThisRun
 from rayruns.actors.settings import ActorSettings
@@ -31,13 +32,30 @@ from rayruns.providers.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+# A finished log is read from the store this many frames at a time.
+STORED_PAGE = 1000
+# A reader finishing from the store outlasts a registry restart this long.
+REGISTRY_RESTART_S = 60.0
+# Each wait for a run's end is one registry call of at most this long.
+WAIT_CALL_S = 60.0
+
 # The registry lives on the head node, beside its SQLite file; restarted by Ray if it dies.
 RemoteRegistry: Any = ray.remote(RunRegistry)
 HEAD_NODE = "node:__internal_head__"  # a resource only the head node has
 
 
+# Creations whose caller stopped waiting: held until they end, so they are not collected.
+_ABANDONED: set[asyncio.Future[Any]] = set()
+
+
 class UnknownRun(LookupError):
     """No run has this id."""
+
+
+class RegistryFailed(RuntimeError):
+    """The registry could not start (e.g. its database belongs to another registry)."""
 
 
 class RegistryClient:
@@ -76,22 +94,53 @@ class RegistryClient:
     # `tenant`: act for this API key's tenant, which sees only its own runs (another tenant's
     # run is answered as unknown); None is the trusted view, which sees every run.
 
-    async def create_run(self, spec: RunSpec, tenant: str | None = None) -> tuple[Run, ActorHandle]:
+    async def create_run(
+        self, spec: RunSpec, tenant: str | None = None, run_id: str | None = None
+    ) -> tuple[Run, ActorHandle]:
         """Record and start a run: its record and its actor. Raises ConversationBusy, InvalidRun
         (an unknown server tool, approvals that do not fit the conversation), or LiveRunLimit
-        (too many live runs: nothing was started; retry after `retry_after_s`)."""
-        pending = self.handle.create_run.remote(spec.only_spec(), tenant)
+        (too many live runs: nothing was started; retry after `retry_after_s`).
+
+        With `run_id` (from `new_run_id()`), the caller knows the id before the run exists, so
+        it can cancel the run even if it stops waiting for this call."""
+        pending = self.handle.create_run.remote(spec.only_spec(), tenant, run_id)
         try:
-            run: Run
-            run, actor = await pending
-        except RayTaskError as exc:
-            raise exc.cause from None
+            return await _created(pending)
         except asyncio.CancelledError:
-            # The caller left (e.g. an HTTP client while its run was enqueued): stop waiting
-            # for the conversation there too, so no run starts that nobody asked for any more.
+            # The caller left (e.g. while its run was enqueued): stop waiting for the
+            # conversation there too, so no run starts that nobody asked for any more. A
+            # creation past that wait is shielded in the registry and goes on.
             ray.cancel(pending)
             raise
-        return run, actor
+
+    async def create_run_or_cancel(
+        self, spec: RunSpec, cancel_if_abandoned: bool, tenant: str | None = None
+    ) -> tuple[Run, ActorHandle]:
+        """`create_run` for a caller that may be cancelled while it waits (an HTTP request whose
+        client leaves, a batch interrupted). If `cancel_if_abandoned`, a wait for the
+        conversation's turn is called off and a run already made is cancelled (`cancel_soon`)
+        as soon as the registry's call ends; otherwise (a background run) the creation goes
+        on, untouched."""
+        run_id = new_run_id()
+        pending = self.handle.create_run.remote(spec.only_spec(), tenant, run_id)
+        try:
+            return await _created(pending)
+        except asyncio.CancelledError:
+            if cancel_if_abandoned:
+                ray.cancel(pending)
+                ending = asyncio.ensure_future(self._cancel_once_created(pending, run_id))
+                _ABANDONED.add(ending)
+                ending.add_done_callback(_ABANDONED.discard)
+            raise
+
+    async def _cancel_once_created(self, pending: Any, run_id: str) -> None:
+        # The registry's call ends either in its wait for the conversation (no run was made:
+        # the cancel finds nothing) or with the run live (the cancel reaches it, even before
+        # its actor started it).
+        with contextlib.suppress(Exception):
+            await pending
+        log.info("run %s: its creator left while it was created; cancelling it", run_id)
+        self.cancel_soon(run_id)
 
     async def conversation(
         self, conversation_id: str, tenant: str | None = None
@@ -142,9 +191,14 @@ class RegistryClient:
         run: Run | None = await self._call("wait_terminal", run_id, timeout_s)
         return run
 
-    async def stored_frames(self, run_id: str) -> list[LoggedFrame] | None:
-        """A finished run's log, while it is kept (None: lost with its actor, or expired)."""
-        frames: list[LoggedFrame] | None = await self._call("stored_frames", run_id)
+    async def stored_frames(
+        self, run_id: str, after_seq: int = 0, limit: int = -1
+    ) -> list[LoggedFrame] | None:
+        """Up to `limit` (-1: all) frames of a finished run's log after `after_seq`, while it
+        is kept (None: lost with its actor, or expired)."""
+        frames: list[LoggedFrame] | None = await self._call(
+            "stored_frames", run_id, after_seq, limit
+        )
         return frames
 
     async def stream_endings(self, run_id: str) -> list[dict[str, Any]] | None:
@@ -157,8 +211,14 @@ class RegistryClient:
         return stats
 
     def wait_ready(self) -> None:
-        """Block until the registry answers (from synchronous code, e.g. at start-up)."""
-        ray.get(self.handle.stats.remote())
+        """Block until the registry answers (from synchronous code, e.g. at start-up). Raises
+        RegistryFailed, with the registry's own reason, if it could not start."""
+        try:
+            ray.get(self.handle.stats.remote())
+        except ActorDiedError as exc:
+            if not exc.actor_init_failed:
+                raise
+            raise RegistryFailed(_reason(str(exc))) from None
 
     async def actor_names(self) -> dict[str, list[str]]:
         names: dict[str, list[str]] = await self._call("actor_names")
@@ -186,9 +246,8 @@ class RegistryClient:
             except (RayActorError, NotThisRun) as exc:
                 # The actor finished and was retired, or died: the registry has the rest.
                 log.debug("run %s: actor gone while reading (%s)", run_id, type(exc).__name__)
-        rest = await self._recorded_rest(run_id, after_seq)
-        if rest:
-            yield rest
+        async for page in self._recorded_rest(run_id, after_seq):
+            yield page
 
     async def sink(self) -> FrameSink | None:
         """This process's frame sink (None: frames are read with Ray calls)."""
@@ -198,12 +257,56 @@ class RegistryClient:
             self.settings.sink_buffer_bytes, self.settings.sink_queue_batches
         )
 
-    async def _recorded_rest(self, run_id: str, after_seq: int) -> list[LoggedFrame]:
-        run = await self.wait_terminal(run_id)
-        if run is None:
-            raise UnknownRun(run_id)
-        frames = await self.stored_frames(run_id)
-        if frames is not None:
-            return [f for f in frames if f.seq_id > after_seq]
-        # Lost with its actor, or past retention: the outcome is all that is left.
-        return terminal_frames(run_id, after_seq, run.outcome())
+    async def _recorded_rest(
+        self, run_id: str, after_seq: int
+    ) -> AsyncGenerator[list[LoggedFrame], None]:
+        """The rest of a run from its record, a page at a time, through a registry restart."""
+        while True:
+            run = await self._outlasting_restart(self.wait_terminal, run_id, WAIT_CALL_S)
+            if run is None:
+                raise UnknownRun(run_id)
+            if run.terminal:
+                break
+        while True:
+            page = await self._outlasting_restart(
+                self.stored_frames, run_id, after_seq, STORED_PAGE
+            )
+            if page is None:
+                # Lost with its actor, or past retention: the outcome is all that is left.
+                yield terminal_frames(run_id, after_seq, run.outcome())
+                return
+            if page:
+                after_seq = page[-1].seq_id
+                yield page
+            if len(page) < STORED_PAGE:
+                return
+
+    async def _outlasting_restart(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        deadline = time.monotonic() + REGISTRY_RESTART_S
+        while True:
+            try:
+                return await call(*args)
+            except RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("the registry is restarting; trying again")
+                await asyncio.sleep(0.2)  # a restart has no event a caller can wait on
+
+
+async def _created(pending: Any) -> tuple[Run, ActorHandle]:
+    try:
+        run: Run
+        run, actor = await pending
+    except RayTaskError as exc:
+        raise exc.cause from None
+    return run, actor
+
+
+def _reason(message: str) -> str:
+    """The exception line of a creation task's traceback, without the exception's module."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in reversed(lines):
+        name, sep, text = line.partition(": ")
+        if sep and name.replace(".", "").replace("_", "").isalnum() and not name[0].isspace():
+            return f"{name.rsplit('.', 1)[-1]}: {text}"
+    return lines[-1] if lines else message

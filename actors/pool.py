@@ -25,6 +25,9 @@ from rayruns.providers.settings import ProviderSettings
 log = logging.getLogger(__name__)
 
 ACTOR_PREFIX = "rayruns-actor-"
+# New actors that die while starting (a bad node, no memory) are respawned with backoff.
+RESPAWN_DELAY_MIN_S = 0.1
+RESPAWN_DELAY_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class ActorPool:
         self._refill_task: asyncio.Task[None] | None = None
         self._trimmer = asyncio.get_running_loop().create_task(self._trim_loop())
         self.replaced = 0
+        # Seconds the refill waits before its next spawn: grows while new actors keep dying.
+        self.respawn_delay_s = 0.0
 
     @property
     def size(self) -> int:
@@ -68,9 +73,9 @@ class ActorPool:
         try:
             await actor.handle.reset.remote()
         except Exception as exc:
+            # Dead, or alive in a state it cannot leave (a detached actor outlives us all).
             log.info("run actor %s not reusable (%s); replacing it", actor.name, exc)
-            self.replaced += 1
-            self.refill_soon()
+            self.discard(actor)
             return
         self._idle.append(_Idle(time.monotonic(), actor))
 
@@ -97,6 +102,16 @@ class ActorPool:
                     ray.kill(ray.get_actor(name, namespace=self._settings.namespace))
         self.refill_soon()
 
+    def close(self) -> None:
+        """Stop refilling and trimming; end every actor this pool holds or is starting."""
+        self._trimmer.cancel()
+        if self._refill_task is not None:
+            self._refill_task.cancel()
+        for name in [i.actor.name for i in self._idle] + sorted(self._warming):
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(name, namespace=self._settings.namespace))
+        self._idle.clear()
+
     def status(self) -> dict[str, int]:
         return {"idle": len(self._idle), "warming": len(self._warming), "replaced": self.replaced}
 
@@ -108,15 +123,24 @@ class ActorPool:
 
     async def _refill(self) -> None:
         while len(self._idle) + len(self._warming) < self.size:
+            if self.respawn_delay_s:
+                await asyncio.sleep(self.respawn_delay_s)
             actor = self.spawn()
             self._warming.add(actor.name)
             try:
                 await actor.handle.ping.remote()
             except RayActorError:
-                log.warning("a new run actor died while starting")
+                self.respawn_delay_s = min(
+                    max(2 * self.respawn_delay_s, RESPAWN_DELAY_MIN_S), RESPAWN_DELAY_MAX_S
+                )
+                log.warning(
+                    "a new run actor died while starting; next try in %.1f s",
+                    self.respawn_delay_s,
+                )
                 continue
             finally:
                 self._warming.discard(actor.name)
+            self.respawn_delay_s = 0.0
             self._idle.append(_Idle(time.monotonic(), actor))
 
     async def _trim_loop(self) -> None:

@@ -148,6 +148,20 @@ class RunActor:
         assert self._result is not None
         return self._result
 
+    async def snapshot(self, run_id: str) -> tuple[list[LoggedFrame], Usage]:
+        """The log so far and the usage counted so far: what is kept of a run that ignored
+        its cancel, before its actor is killed."""
+        self._check(run_id)
+        prompt = sum(call.usage.prompt_tokens for call in self._calls)
+        completion = sum(call.usage.completion_tokens for call in self._calls)
+        usage = Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            step_count=len(self._calls),
+        )
+        return self._log.snapshot(), usage
+
     async def reset(self) -> None:
         """Forget the finished run so a pool can hand this actor the next one."""
         if self._pump is not None and not self._pump.done():

@@ -39,11 +39,14 @@ class Runs:
         provider_settings: ProviderSettings | None = None,
     ) -> Runs:
         """Join the Ray cluster at `address` (None: `RAY_ADDRESS` or this machine's `ray start`
-        cluster, else a new local Ray; "local": always a new local Ray) and its registry."""
+        cluster, else a new local Ray; "local": always a new local Ray) and its registry.
+        Raises RegistryFailed when the registry cannot start (its database is another's)."""
         settings = settings or ActorSettings()
         if not ray.is_initialized():
             init_ray(address, settings)
-        return cls(RegistryClient.connect(settings, provider_settings or ProviderSettings()))
+        client = RegistryClient.connect(settings, provider_settings or ProviderSettings())
+        client.wait_ready()
+        return cls(client)
 
     async def start(self, spec: RunSpec | dict[str, Any]) -> RunHandle:
         """Start a run from a spec, or from the fields of a `POST /v1/runs` body (those saying

@@ -21,6 +21,8 @@ class ActorSettings(BaseSettings):
     log_retention_s: float = Field(default=3600.0, gt=0)
     cancel_grace_s: float = Field(default=10.0, gt=0)
     purge_interval_s: float = Field(default=60.0, gt=0)
+    # Run records are removed this long after their run ended (0: kept forever).
+    record_retention_s: float = Field(default=30 * 86400.0, ge=0)
     pool_size: int = Field(default=4, ge=0)
     pool_idle_s: float = Field(default=30.0, gt=0)
     run_actor_memory_mb: int = Field(default=0, ge=0)

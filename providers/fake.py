@@ -19,6 +19,7 @@ from rayruns.providers.base import (
     ProviderCall,
     ProviderEvent,
     ReasoningDelta,
+    RunCancelled,
     StreamGuard,
     TextDelta,
     ToolCall,
@@ -72,6 +73,8 @@ class FakeOptions(CommonOptions):
     fail: FailKind | None = None
     fail_after: JsonInt = Field(default=0, ge=0)
     hang_after: Count | None = None
+    # With `hang_after`: the silent stream swallows its cancel (a provider that ignores it).
+    ignore_cancel: bool = False
     tool_call: FakeToolCall | None = None
     # Step k of a run answers steps[k] (the last one repeats).
     steps: list[FakeStep] | None = Field(default=None, min_length=1, max_length=1000)
@@ -122,7 +125,7 @@ class FakeProvider(Provider):
                     if opts.fail is not None and sent == opts.fail_after:
                         raise _failure(opts.fail, sent)
                     if opts.hang_after is not None and sent == opts.hang_after:
-                        await asyncio.Event().wait()  # a provider gone silent
+                        await _silence(opts.ignore_cancel)
                     if opts.stamp:
                         due = loop0 + (sent + 1) * opts.delay_s
                         await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
@@ -145,6 +148,16 @@ class FakeProvider(Provider):
                     call.usage.completion_tokens += 1
             finally:
                 call.ending.upstream_closed = True
+
+
+async def _silence(ignore_cancel: bool) -> None:
+    """A provider gone silent; one that ignores cancels stays so through them."""
+    while True:
+        try:
+            await asyncio.Event().wait()
+        except (asyncio.CancelledError, RunCancelled):
+            if not ignore_cancel:
+                raise
 
 
 def _answer(opts: FakeOptions, script: FakeStep | None, call: ProviderCall) -> str:

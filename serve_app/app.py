@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,11 +55,23 @@ class RunsIngress:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        _log_to_the_replica_log()
         self._client = RegistryClient.connect(settings.actors, settings.providers)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         tools = ToolCatalog.load(self._settings.actors.tool_modules).tools
         return build_api(self._client, self._settings.serve, sorted(tools))
+
+
+def _log_to_the_replica_log() -> None:
+    """rayruns' INFO records (a client that went away, a cancelled request) go where Serve's own
+    replica records go; otherwise the worker's root logger drops them."""
+    ours, serve_logger = logging.getLogger("rayruns"), logging.getLogger("ray.serve")
+    if serve_logger.handlers and not ours.handlers:
+        ours.setLevel(logging.INFO)
+        for handler in serve_logger.handlers:
+            ours.addHandler(handler)
+        ours.propagate = False
 
 
 def deployment(settings: Settings) -> Any:

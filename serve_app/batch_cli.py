@@ -15,12 +15,13 @@ Resume: on start, a partial last line (left by a crash) is cut off. Input ids wh
 by a cancel from elsewhere) is removed and the id runs again, so OUT ends with one record per
 id. To retry failures, delete their lines from OUT. Records of ids not in the input stay.
 
-Ctrl-C: nothing new starts; every run in flight is cancelled through the registry, awaited, and
-recorded as `cancelled`; exit 130. A second Ctrl-C, or the actors' cancel grace passing, stops
-the waiting.
+Ctrl-C (SIGINT) or SIGTERM (what `kill` and job schedulers send): nothing new starts; every run
+in flight is cancelled through the registry, awaited, and recorded as `cancelled`; exit 130
+(SIGINT) or 143 (SIGTERM). A second signal, or the actors' cancel grace passing, stops the
+waiting.
 
 Exit codes: 0 when every input id ends with a `completed` record (kept ones included); 1 when any
-failed or was cancelled, or Ray failed; 2 for usage errors; 130 on Ctrl-C.
+failed or was cancelled, or Ray failed; 2 for usage errors; 130 on Ctrl-C; 143 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 import ray
 
 from rayruns.actors.batch import BatchEngine, BatchItem
+from rayruns.actors.client import RegistryFailed
 from rayruns.actors.handle import RunResult
 from rayruns.actors.runs import Runs
 from rayruns.serve_app.batch_files import BatchFileError, ResultLog, read_items, scan_ids
@@ -53,6 +55,11 @@ class BatchExit:
 
     interrupted: bool = False
     error: Exception | None = None
+    signal: int = signal.SIGINT
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal
 
 
 def add_batch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,14 +86,24 @@ def add_batch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def batch_command(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
+    stopped = BatchExit()
+
+    def terminated(signum: int, _: object) -> None:
+        stopped.signal = signum
+        raise KeyboardInterrupt
+
+    # Outside the runs, SIGTERM stops as Ctrl-C does (Ray's processes are shut down on the way).
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        return _batch(args, settings, started)
+        return _batch(args, settings, started, stopped)
     except KeyboardInterrupt:  # before or after the runs: nothing is in flight
         _say("batch: interrupted")
-        return 130
+        return stopped.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _batch(args: argparse.Namespace, settings: Settings, started: float) -> int:
+def _batch(args: argparse.Namespace, settings: Settings, started: float, stopped: BatchExit) -> int:
     try:
         input_ids, out = _open_files(args.input, args.output)
     except (BatchFileError, OSError) as exc:
@@ -97,15 +114,17 @@ def _batch(args: argparse.Namespace, settings: Settings, started: float) -> int:
     display = make_display(tally, args.progress_interval)
     if out.dropped_tail:
         display.note(f"batch: cut a partial last line off {out.path}")
-    stopped = BatchExit()
     try:
         if tally.total:
-            stopped = _connect_and_run(args, settings, display, out, set(kept))
+            _connect_and_run(args, settings, display, out, set(kept), stopped)
+    except RegistryFailed as exc:
+        _say(f"rayruns batch: error: {exc}")
+        return 1
     finally:
         out.close()
     _say(_summary(tally, kept, time.monotonic() - started, stopped))
     if stopped.interrupted:
-        return 130
+        return stopped.exit_code
     if stopped.error is not None:
         _say(f"rayruns batch: error: {type(stopped.error).__name__}: {stopped.error}")
         return 1
@@ -123,13 +142,18 @@ def _open_files(input: Path, output: Path) -> tuple[set[str], ResultLog]:
 
 
 def _connect_and_run(
-    args: argparse.Namespace, settings: Settings, display: Display, out: ResultLog, skip: set[str]
-) -> BatchExit:
+    args: argparse.Namespace,
+    settings: Settings,
+    display: Display,
+    out: ResultLog,
+    skip: set[str],
+    stopped: BatchExit,
+) -> None:
     try:
         # "local": without --address, a fresh local Ray, never one this machine happens to run.
         runs = Runs.connect(args.address or "local", settings.actors, settings.providers)
         grace_s = settings.actors.cancel_grace_s + GRACE_MARGIN_S
-        return asyncio.run(_run(runs, args, display, out, skip, grace_s))
+        asyncio.run(_run(runs, args, display, out, skip, grace_s, stopped))
     finally:
         ray.shutdown()
 
@@ -141,9 +165,9 @@ async def _run(
     out: ResultLog,
     skip: set[str],
     grace_s: float,
-) -> BatchExit:
+    stopped: BatchExit,
+) -> None:
     tally = display.tally
-    stopped = BatchExit()
     force = asyncio.Event()
 
     def started(_: BatchItem) -> None:
@@ -160,19 +184,22 @@ async def _run(
 
     engine = BatchEngine(runs.client, args.concurrency, on_start=started, on_result=ended)
 
-    def interrupt() -> None:
+    def interrupt(signum: int) -> None:
         if engine.stopping.is_set():
             force.set()
             return
         stopped.interrupted = True
+        stopped.signal = signum
         engine.stopping.set()
         display.note(
-            f"batch: interrupted; cancelling {engine.running} runs in flight "
-            "(Ctrl-C again to stop waiting)"
+            f"batch: interrupted ({signal.Signals(signum).name}); cancelling {engine.running} "
+            "runs in flight (Ctrl-C again to stop waiting)"
         )
 
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, interrupt)
+    on_term = signal.getsignal(signal.SIGTERM)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt, signum)
     try:
         async with display.shown():
             with contextlib.closing(read_items(args.input, skip)) as items:
@@ -182,9 +209,10 @@ async def _run(
                 finally:
                     tally.until = time.monotonic()
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        signal.signal(signal.SIGTERM, on_term)  # asyncio leaves the default behind
     stopped.error = engine.error
-    return stopped
 
 
 def _rounded(result: RunResult) -> RunResult:

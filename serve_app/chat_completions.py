@@ -263,7 +263,7 @@ async def chat_completions(request: Request, caller: CallerDep) -> Response:
     except ValueError as exc:
         return openai_error(400, str(exc), "invalid_request_error", "invalid_request")
     try:
-        run, actor = await rt.client.create_run(spec, caller.tenant)
+        run, actor = await rt.client.create_run_or_cancel(spec, not chat.background, caller.tenant)
     except ConversationBusy as exc:
         return openai_error(409, busy_message(exc), "invalid_request_error", "conversation_busy")
     except LiveRunLimit as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Annotated, Any
 
@@ -19,6 +20,8 @@ from rayruns.serve_app.openapi import RUN_EVENTS, answers
 from rayruns.serve_app.run_body import MessageTypes, RunBody, check_message_types
 from rayruns.serve_app.settings import ServeSettings
 from rayruns.serve_app.sse import FrameEncoder, FrameStream, wanted
+
+log = logging.getLogger(__name__)
 
 # Every route here acts for the caller's tenant (serve_app/auth.py): another tenant's run is
 # answered 404, as if it did not exist.
@@ -53,12 +56,13 @@ def _run_json(run: Run) -> dict[str, Any]:
     responses=answers(400, 401, 409, 413, 422, 429, 503, sse=RUN_EVENTS),
 )
 async def create_run(body: RunBody, rt: RuntimeDep, caller: CallerDep) -> Response:
-    run, actor = await rt.client.create_run(body, caller.tenant)
+    run, actor = await rt.client.create_run_or_cancel(body, not body.background, caller.tenant)
     headers = {"X-Run-Id": run.id}
     frames = rt.client.follow(run.id, 0, actor)
 
     def on_finish(completed: bool) -> None:
         if not completed and not body.background:
+            log.info("run %s: its client went away; cancelling it", run.id)
             rt.client.cancel_soon(run.id)  # the client went away: a foreground run ends
 
     if not body.stream:

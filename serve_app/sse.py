@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable
 from typing import Any, Protocol
 
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from rayruns.actors.frames import CONTENT_TYPES, LoggedFrame
+
+log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE_EVENT = ServerSentEvent(data="[DONE]").encode()
@@ -26,7 +29,7 @@ KEEPALIVE = ServerSentEvent(comment="keep-alive").encode()
 class Encoder(Protocol):
     def batch(self, frames: list[LoggedFrame]) -> bytes: ...
 
-    def ping(self, last_seq: int | None) -> bytes: ...
+    def ping(self) -> bytes: ...
 
 
 def wanted(frame: LoggedFrame, types: Collection[str] | None) -> bool:
@@ -44,20 +47,26 @@ class FrameEncoder:
     def __init__(self, run_id: str, types: Collection[str] | None) -> None:
         self._run_id = run_id
         self._types = types
+        # A ping carries the last seq_id *sent*: filtered frames never reached the client.
+        self._last_sent: int | None = None
 
     def batch(self, frames: list[LoggedFrame]) -> bytes:
+        sent = [f for f in frames if wanted(f, self._types)]
+        if sent:
+            self._last_sent = sent[-1].seq_id
         return b"".join(
             ServerSentEvent(
                 data=f.data,
                 id=str(f.seq_id),
                 event="error" if f.message_type == "error" else None,
             ).encode()
-            for f in frames
-            if wanted(f, self._types)
+            for f in sent
         )
 
-    def ping(self, last_seq: int | None) -> bytes:
-        return encode_json({"message_type": "ping", "run_id": self._run_id, "seq_id": last_seq})
+    def ping(self) -> bytes:
+        return encode_json(
+            {"message_type": "ping", "run_id": self._run_id, "seq_id": self._last_sent}
+        )
 
 
 class JsonEventEncoder:
@@ -69,7 +78,7 @@ class JsonEventEncoder:
     def batch(self, frames: list[LoggedFrame]) -> bytes:
         return b"".join(encode_json(obj) for f in frames for obj in self._translate(f))
 
-    def ping(self, last_seq: int | None) -> bytes:  # noqa: ARG002 - comments carry no cursor
+    def ping(self) -> bytes:
         return KEEPALIVE
 
 
@@ -104,8 +113,19 @@ class FrameStream(EventSourceResponse):
         super().__init__(self._body, headers={**SSE_HEADERS, **headers}, ping=0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        run_id = self.headers.get("x-run-id")
+
+        async def receive_logged() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                log.info("run %s: the client disconnected", run_id)
+            return message
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive_logged, send)
+        except asyncio.CancelledError:
+            log.info("run %s: the request was cancelled", run_id)
+            raise
         finally:
             # First, before any await here can be interrupted by a second cancel.
             if self._on_finish is not None:
@@ -115,22 +135,19 @@ class FrameStream(EventSourceResponse):
                 await self._batches.aclose()
 
     async def _encode(self) -> AsyncGenerator[bytes, None]:
-        last_seq: int | None = None
         pending: asyncio.Future[list[LoggedFrame]] | None = None
         try:
-            if self._first:
-                last_seq = self._first[-1].seq_id
-                if chunk := self._encoder.batch(self._first):
-                    yield chunk
+            # The encoder keeps the cursor a ping carries: the last frame it sent.
+            if self._first and (chunk := self._encoder.batch(self._first)):
+                yield chunk
             while True:
                 pending = asyncio.ensure_future(anext(self._batches))
                 while not (await asyncio.wait((pending,), timeout=self._ping_interval_s))[0]:
-                    yield self._encoder.ping(last_seq)
+                    yield self._encoder.ping()
                 try:
                     batch = pending.result()
                 except StopAsyncIteration:
                     break
-                last_seq = batch[-1].seq_id
                 chunk = self._encoder.batch(batch)
                 if chunk:
                     yield chunk

@@ -82,6 +82,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, vendor_server: WireServer
     s.actors.pool_idle_s = 1.0
     s.actors.tools = "tests.agent_tools"
     s.actors.tool_timeout_s = 3.0
+    s.actors.purge_interval_s = 0.5  # terminal records kept in memory are written again soon
     s.serve.port = _free_port()
     s.serve.ping_interval_s = 0.3
     s.serve.max_body_bytes = 64 * 1024

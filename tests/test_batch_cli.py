@@ -295,7 +295,12 @@ class LineReader:
         return "".join(self.lines)
 
 
-def test_ctrl_c_cancels_the_runs_in_flight_and_exits_130(cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("how", "code"), [("ctrl-c", 130), ("sigterm", 143)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_signal_cancels_the_runs_in_flight_and_exits_128_plus_it(
+    cli: Cli, tmp_path: Path, how: str, code: int
+) -> None:
     quick = [request(f"quick {n}") for n in range(2)]
     hanging = [request("x", text="one two three", hang_after=2) for _ in range(10)]
     source = write_lines(tmp_path / "in.jsonl", [json.dumps(r) for r in quick + hanging])
@@ -304,8 +309,11 @@ def test_ctrl_c_cancels_the_runs_in_flight_and_exits_130(cli: Cli, tmp_path: Pat
     try:
         stderr = LineReader(proc.stderr)
         stderr.wait_for(r"finished \(2 completed, 0 failed, 0 cancelled, 4 running\)", 60)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-        assert proc.wait(timeout=60) == 130  # a hang guard, not a timing
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        else:
+            proc.send_signal(signal.SIGTERM)  # what `kill` does: the batch process alone
+        assert proc.wait(timeout=60) == code  # a hang guard, not a timing
         log = stderr.rest(30)
     finally:
         _kill(proc)
@@ -349,3 +357,19 @@ def test_usage_errors_exit_2_before_anything_runs(
         assert out.read_text() == "some notes\n"
     else:
         assert not out.exists()
+
+
+def test_a_batch_on_a_database_another_registry_owns_stops_naming_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    from rayruns.actors.store import RunStore
+
+    source = write_lines(tmp_path / "in.jsonl", [json.dumps(request("never run"))])
+    owner = RunStore(Path(cli.env["RAYRUNS_DB_PATH"]), "the serving registry of the test")
+    try:
+        code, stderr = cli.run(source, "-o", tmp_path / "out.jsonl", timeout=90)
+    finally:
+        owner.close()
+    assert code == 1, stderr
+    assert "is in use by another registry (the serving registry of the test" in stderr
+    assert "RAYRUNS_DB_PATH" in stderr

@@ -33,7 +33,7 @@ class SilentClient:
         self.all_cancelling = asyncio.Event()
         self._enough = started_enough
 
-    async def create_run(self, spec: RunSpec) -> tuple[Run, None]:
+    async def create_run_or_cancel(self, spec: RunSpec, _: bool) -> tuple[Run, None]:
         run_id = f"run-{len(self.started)}"
         self.started.append(run_id)
         if len(self.started) == self._enough:

@@ -326,3 +326,33 @@ async def test_many_bad_requests_leave_the_server_serving(http: httpx.AsyncClien
     assert {a.status_code for a in answers} == {400}
     r = await http.post("/v1/runs", json=body(stream=False))
     assert r.status_code == 200
+
+
+async def test_a_ping_carries_the_last_seq_id_sent_not_the_last_filtered_out(
+    http: httpx.AsyncClient,
+) -> None:
+    options = {"reasoning": "r1 r2", "text": "t1 t2 t3", "hang_after": 4}
+    request = body(
+        "x", provider_options=options, include_return_message_types=["reasoning_message"]
+    )
+    filtered, cm = await open_sse(http, "POST", "/v1/runs", json=request)
+    try:
+        sent = [(await filtered.next_frame()).json for _ in range(2)]
+        assert [f["seq_id"] for f in sent] == [1, 2]
+        # Another reader sees the two text frames the filter drops (seq 3 and 4) arrive.
+        watcher, watcher_cm = await open_sse(http, "GET", f"/v1/runs/{filtered.run_id}/stream")
+        try:
+            while (await watcher.next_frame()).json["seq_id"] < 4:
+                pass
+        finally:
+            await watcher_cm.__aexit__(None, None, None)
+        pings = []
+        while len(pings) < 3:
+            event = await filtered.next()
+            assert event.json["message_type"] == "ping", "the text frames are filtered out"
+            pings.append(event.json["seq_id"])
+        assert pings[-1] == 2, pings
+        await http.post(f"/v1/runs/{filtered.run_id}/cancel")
+        await filtered.rest()
+    finally:
+        await cm.__aexit__(None, None, None)

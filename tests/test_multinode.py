@@ -205,9 +205,14 @@ def second_registry(
     three_nodes: ClusterUnderTest, name: str, **changes: Any
 ) -> Iterator[RegistryClient]:
     """Another registry with its own settings, in its own namespace (so it leaves the first
-    one's actors alone)."""
+    one's actors alone) and with its own database (one registry per database)."""
+    first_db = three_nodes.settings.actors.resolved_db_path()
     settings = three_nodes.settings.actors.model_copy(
-        update={"namespace": f"{NAMESPACE}-{name}", **changes}
+        update={
+            "namespace": f"{NAMESPACE}-{name}",
+            "db_path": first_db.with_name(f"{name}.sqlite3"),
+            **changes,
+        }
     )
     client = RegistryClient.connect(settings, three_nodes.settings.providers)
     client.wait_ready()

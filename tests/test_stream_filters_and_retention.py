@@ -48,7 +48,7 @@ async def test_the_log_is_kept_an_hour_then_only_the_outcome_remains(
     db = sqlite3.connect(settings.actors.resolved_db_path())
     try:
         (expires_at,) = db.execute(
-            "SELECT expires_at FROM logs WHERE run_id = ?", (run_id,)
+            "SELECT expires_at FROM log_expiry WHERE run_id = ?", (run_id,)
         ).fetchone()
         # Recorded when the run ended, a moment ago: at least an hour from now, less the moment.
         assert settings.actors.log_retention_s >= 3600
@@ -56,7 +56,7 @@ async def test_the_log_is_kept_an_hour_then_only_the_outcome_remains(
         assert frames(await collect(http, "GET", f"/v1/runs/{run_id}/stream")) == full
 
         with db:  # the hour has passed
-            db.execute("UPDATE logs SET expires_at = 0 WHERE run_id = ?", (run_id,))
+            db.execute("UPDATE log_expiry SET expires_at = 0 WHERE run_id = ?", (run_id,))
     finally:
         db.close()
     events = await collect(http, "GET", f"/v1/runs/{run_id}/stream", params={"starting_after": 1})
