@@ -73,15 +73,13 @@ class PgKeyStore:
 
     def get(self, name: str) -> KeyInfo | None:
         row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM api_keys WHERE name = %s",  # type: ignore[arg-type]
+            f"SELECT {_COLUMNS} FROM api_keys WHERE name = %s",
             (name,),
         ).fetchone()
         return None if row is None else KeyInfo(*row)
 
     def list(self) -> list[KeyInfo]:
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at"  # type: ignore[arg-type]
-        ).fetchall()
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at").fetchall()
         return [KeyInfo(*row) for row in rows]
 
     def any_active(self) -> bool:

@@ -75,14 +75,22 @@ CREATE TABLE IF NOT EXISTS registry_owner (
 """
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The PostgreSQL server at RAYRUNS_DB_URL refused or did not answer."""
+
+
 def connect(url: str) -> psycopg.Connection[Any]:
     """An autocommit connection: each statement commits alone unless in `transaction()`."""
-    return psycopg.connect(
-        url,
-        autocommit=True,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        application_name="rayruns",
-    )
+    try:
+        return psycopg.connect(
+            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="rayruns"
+        )
+    except psycopg.OperationalError as exc:
+        # The driver's message may quote the URL: say where without the password.
+        reason = str(exc).replace(url, redacted(url)).strip()
+        raise DatabaseUnreachable(
+            f"cannot connect to the run database {redacted(url)} (RAYRUNS_DB_URL): {reason}"
+        ) from None
 
 
 def create_schema(db: psycopg.Connection[Any]) -> None:
@@ -94,7 +102,7 @@ def create_schema(db: psycopg.Connection[Any]) -> None:
         db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
         for statement in SCHEMA.split(";"):
             if statement.strip():
-                db.execute(statement)  # type: ignore[arg-type]
+                db.execute(statement)
 
 
 def redacted(url: str) -> str:

@@ -181,8 +181,7 @@ class PgRunStore:
         """The conversation's messages in order, each with the id of the run that added it."""
         with self._conn() as db:
             rows = db.execute(
-                "SELECT run_id, message FROM messages WHERE conversation_id = %s"
-                " ORDER BY position",
+                "SELECT run_id, message FROM messages WHERE conversation_id = %s ORDER BY position",
                 (conversation_id,),
             ).fetchall()
         return [(run_id, Message.model_validate_json(m)) for run_id, m in rows]
@@ -238,7 +237,7 @@ class PgRunStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._conn() as db:
             rows = db.execute(
-                f"SELECT record FROM runs {where} ORDER BY created_at DESC LIMIT %s",  # type: ignore[arg-type]
+                f"SELECT record FROM runs {where} ORDER BY created_at DESC LIMIT %s",
                 (*params, limit),
             ).fetchall()
         return [Run.model_validate_json(r[0]) for r in rows]
@@ -286,8 +285,8 @@ class PgRunStore:
                 " WHERE ended_at IS NOT NULL AND ended_at <= %s AND conversation_id IS NOT NULL",
                 (cutoff,),
             ).fetchall()
-            db.execute(f"DELETE FROM log_frames WHERE run_id IN ({old})", (cutoff,))  # type: ignore[arg-type]
-            db.execute(f"DELETE FROM log_expiry WHERE run_id IN ({old})", (cutoff,))  # type: ignore[arg-type]
+            db.execute(f"DELETE FROM log_frames WHERE run_id IN ({old})", (cutoff,))
+            db.execute(f"DELETE FROM log_expiry WHERE run_id IN ({old})", (cutoff,))
             deleted = db.execute(
                 "DELETE FROM runs WHERE ended_at IS NOT NULL AND ended_at <= %s", (cutoff,)
             ).rowcount

@@ -20,7 +20,9 @@ class ActorSettings(BaseSettings):
     db_path: Path = Field(default=Path("~/.rayruns/runs.sqlite3"))
     # PostgreSQL instead of the SQLite file at db_path: records, logs, conversations and keys
     # (actors/database.py). postgresql://user:password@host:port/database
-    db_url: Annotated[PostgresDsn, UrlConstraints(allowed_schemes=["postgresql", "postgres"])] | None = None
+    db_url: (
+        Annotated[PostgresDsn, UrlConstraints(allowed_schemes=["postgresql", "postgres"])] | None
+    ) = None
     log_retention_s: float = Field(default=3600.0, gt=0)
     cancel_grace_s: float = Field(default=10.0, gt=0)
     purge_interval_s: float = Field(default=60.0, gt=0)

@@ -24,12 +24,13 @@ import psycopg
 from psycopg import sql
 
 
-
 def _pg_bin() -> Path:
     """RAYRUNS_TEST_PG_BIN, else the newest of Debian's installed versions."""
     if "RAYRUNS_TEST_PG_BIN" in os.environ:
         return Path(os.environ["RAYRUNS_TEST_PG_BIN"])
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3])
+    )
     return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
 
 
