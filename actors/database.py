@@ -76,7 +76,11 @@ class Database(Protocol):
         """The database for messages: a path, or a URL without its password."""
         ...
 
-    def run_store(self, owner: str = "", lock_wait_s: float = LOCK_WAIT_S) -> RunStorage: ...
+    def run_store(self, owner: str = "", lock_wait_s: float | None = None) -> RunStorage:
+        """The registry's store; waits up to `lock_wait_s` (None: the database's own default)
+        for a previous registry to let go, else raises StoreLocked."""
+        ...
+
     def key_store(self) -> KeyStorage: ...
 
 
@@ -88,8 +92,8 @@ class SqliteDatabase:
     def where(self) -> str:
         return str(self.path)
 
-    def run_store(self, owner: str = "", lock_wait_s: float = LOCK_WAIT_S) -> RunStorage:
-        return RunStore(self.path, owner, lock_wait_s)
+    def run_store(self, owner: str = "", lock_wait_s: float | None = None) -> RunStorage:
+        return RunStore(self.path, owner, LOCK_WAIT_S if lock_wait_s is None else lock_wait_s)
 
     def key_store(self) -> KeyStorage:
         return KeyStore(self.path)
@@ -106,11 +110,11 @@ class PostgresDatabase:
 
         return redacted(self.url)
 
-    def run_store(self, owner: str = "", lock_wait_s: float = LOCK_WAIT_S) -> RunStorage:
+    def run_store(self, owner: str = "", lock_wait_s: float | None = None) -> RunStorage:
         _need_psycopg()
-        from rayruns.actors.pg_store import PgRunStore
+        from rayruns.actors.pg_store import PG_LOCK_WAIT_S, PgRunStore
 
-        return PgRunStore(self.url, owner, lock_wait_s)
+        return PgRunStore(self.url, owner, PG_LOCK_WAIT_S if lock_wait_s is None else lock_wait_s)
 
     def key_store(self) -> KeyStorage:
         _need_psycopg()

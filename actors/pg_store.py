@@ -27,17 +27,26 @@ from pydantic import TypeAdapter
 
 from rayruns.actors.conversation import PendingCall
 from rayruns.actors.frames import LoggedFrame
-from rayruns.actors.pg_schema import LOCK_KEY, connect, create_schema, redacted
+from rayruns.actors.pg_schema import (
+    DEAD_SESSION_S,
+    LOCK_KEY,
+    connect,
+    create_schema,
+    redacted,
+)
 from rayruns.actors.records import Run, RunStatus
-from rayruns.actors.store import LOCK_WAIT_S, HistoryUpdate, StoreLocked, history_key
+from rayruns.actors.store import HistoryUpdate, StoreLocked, history_key
 from rayruns.providers.base import Message
 
 _PENDING = TypeAdapter(list[PendingCall])
 _UNFINISHED = "('created', 'running')"
+# A registry whose node vanished (no FIN: a head lost with its machine) keeps its session, and the
+# lock, until the server's keepalives give up on it (DEAD_SESSION_S); its successor waits longer.
+PG_LOCK_WAIT_S = 2 * DEAD_SESSION_S
 
 
 class PgRunStore:
-    def __init__(self, url: str, owner: str = "", lock_wait_s: float = LOCK_WAIT_S) -> None:
+    def __init__(self, url: str, owner: str = "", lock_wait_s: float = PG_LOCK_WAIT_S) -> None:
         self.url = url
         self.where = redacted(url)
         self._owner = f"{owner or 'a run store'}, pid {os.getpid()} on {socket.gethostname()}"
@@ -47,7 +56,7 @@ class PgRunStore:
         self._db = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        db = connect(self.url)
+        db = connect(self.url, hold_lock=True)
         try:
             self._take_lock(db)
             create_schema(db)

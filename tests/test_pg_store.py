@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import psycopg
 import pytest
@@ -160,3 +161,21 @@ def test_settings_take_a_postgresql_url_only() -> None:
     assert ActorSettings(db_url="postgresql://u@h:5432/d").db_url is not None  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="postgresql"):
         ActorSettings(db_url="mysql://u@h/d")  # type: ignore[arg-type]
+
+
+def test_the_registrys_session_is_probed_so_a_vanished_holder_lets_go(
+    postgres: PostgresServer,
+) -> None:
+    # A URL with options of its own keeps them.
+    url = postgres.new_database() + "?options=-c%20statement_timeout%3D7000"
+    store: Any = PostgresDatabase(url).run_store("registry")
+    shown = {
+        name: store._db.execute(f"SHOW {name}").fetchone()[0]
+        for name in ("tcp_keepalives_idle", "tcp_user_timeout", "statement_timeout")
+    }
+    assert shown == {
+        "tcp_keepalives_idle": "5",
+        "tcp_user_timeout": "10000",
+        "statement_timeout": "7s",
+    }
+    store.close()
