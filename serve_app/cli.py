@@ -87,7 +87,10 @@ def open_to_network(host: str, settings: Settings) -> str | None:
     if is_loopback(host):
         return None
     database = open_database(settings.actors)
-    store = database.key_store()
+    try:
+        store = database.key_store()
+    except RuntimeError as exc:  # PostgreSQL unreachable, or its driver not installed
+        return f"refusing to listen on {host}: cannot tell whether an API key exists: {exc}"
     try:
         if store.any_active():
             return None

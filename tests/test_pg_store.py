@@ -179,3 +179,16 @@ def test_the_registrys_session_is_probed_so_a_vanished_holder_lets_go(
         "statement_timeout": "7s",
     }
     store.close()
+
+
+def test_serve_on_the_network_with_an_unreachable_database_refuses_clearly() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rayruns.serve_app", "serve", "--host", "0.0.0.0"],
+        env={**os.environ, "RAYRUNS_DB_URL": "postgresql://ops:s3cret-pw@127.0.0.1:1/rayruns"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot tell whether an API key exists" in proc.stderr
+    assert "postgresql://ops@127.0.0.1:1/rayruns" in proc.stderr and "s3cret-pw" not in proc.stderr
