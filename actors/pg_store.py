@@ -19,8 +19,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 from pydantic import TypeAdapter
@@ -39,6 +39,7 @@ from rayruns.actors.store import HistoryUpdate, StoreLocked, history_key
 from rayruns.providers.base import Message
 
 _PENDING = TypeAdapter(list[PendingCall])
+T = TypeVar("T")
 _UNFINISHED = "('created', 'running')"
 # A registry whose node vanished (no FIN: a head lost with its machine) keeps its session, and the
 # lock, until the server's keepalives give up on it (DEAD_SESSION_S); its successor waits longer.
@@ -97,25 +98,45 @@ class PgRunStore:
                 self._db = self._connect()
             yield self._db
 
+    def _again_if_lost(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`fn` on the connection, and once more on a new one if the connection was lost under
+        it (the database restarted): for reads, and for the insert, which is safe to repeat."""
+        with self._mutex:
+            try:
+                with self._conn() as db:
+                    return fn(db)
+            except psycopg.OperationalError:
+                if not self._db.closed:
+                    raise
+            with self._conn() as db:
+                return fn(db)
+
     def close(self) -> None:
         with self._mutex:
             self._db.close()  # ends the session, and with it the advisory lock
 
     def insert(self, run: Run, actor_name: str | None) -> None:
-        with self._conn() as db:
-            db.execute(
-                "INSERT INTO runs (id, status, conversation_id, created_at, actor_name, record,"
-                " tenant) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (
-                    run.id,
-                    run.status,
-                    run.conversation_id,
-                    run.created_at.timestamp(),
-                    actor_name,
-                    run.model_dump_json(),
-                    run.tenant,
-                ),
+        row = (
+            run.id,
+            run.status,
+            run.conversation_id,
+            run.created_at.timestamp(),
+            actor_name,
+            run.model_dump_json(),
+            run.tenant,
+        )
+        try:
+            self._again_if_lost(
+                lambda db: db.execute(
+                    "INSERT INTO runs (id, status, conversation_id, created_at, actor_name,"
+                    " record, tenant) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    row,
+                )
             )
+        except psycopg.errors.UniqueViolation:
+            # A repeat whose first try committed before its connection went finds this very row.
+            if self.get(run.id) != run:
+                raise
 
     def set_actor(self, run_id: str, actor_name: str) -> None:
         with self._conn() as db:
@@ -188,39 +209,44 @@ class PgRunStore:
 
     def history(self, conversation_id: str) -> list[tuple[str, Message]]:
         """The conversation's messages in order, each with the id of the run that added it."""
-        with self._conn() as db:
-            rows = db.execute(
+        rows = self._again_if_lost(
+            lambda db: db.execute(
                 "SELECT run_id, message FROM messages WHERE conversation_id = %s ORDER BY position",
                 (conversation_id,),
             ).fetchall()
+        )
         return [(run_id, Message.model_validate_json(m)) for run_id, m in rows]
 
     def pending(self, conversation_id: str) -> tuple[str | None, list[PendingCall]]:
         """The run whose calls await the client, and those calls (none: `(None, [])`)."""
-        with self._conn() as db:
-            row = db.execute(
+        row = self._again_if_lost(
+            lambda db: db.execute(
                 "SELECT run_id, calls FROM pending_calls WHERE conversation_id = %s",
                 (conversation_id,),
             ).fetchone()
+        )
         return (None, []) if row is None else (row[0], _PENDING.validate_json(row[1]))
 
     def conversation_exists(self, conversation_id: str) -> bool:
-        with self._conn() as db:
-            row = db.execute(
+        row = self._again_if_lost(
+            lambda db: db.execute(
                 "SELECT 1 FROM runs WHERE conversation_id = %s LIMIT 1", (conversation_id,)
             ).fetchone()
+        )
         return row is not None
 
     def get(self, run_id: str) -> Run | None:
-        with self._conn() as db:
-            row = db.execute("SELECT record FROM runs WHERE id = %s", (run_id,)).fetchone()
+        row = self._again_if_lost(
+            lambda db: db.execute("SELECT record FROM runs WHERE id = %s", (run_id,)).fetchone()
+        )
         return None if row is None else Run.model_validate_json(row[0])
 
     def unfinished(self) -> list[tuple[Run, str | None]]:
-        with self._conn() as db:
-            rows = db.execute(
+        rows = self._again_if_lost(
+            lambda db: db.execute(
                 f"SELECT record, actor_name FROM runs WHERE status IN {_UNFINISHED}"
             ).fetchall()
+        )
         return [(Run.model_validate_json(record), name) for record, name in rows]
 
     def query(
@@ -244,17 +270,19 @@ class PgRunStore:
             clauses.append("status = %s")
             params.append(status)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._conn() as db:
-            rows = db.execute(
+        rows = self._again_if_lost(
+            lambda db: db.execute(
                 f"SELECT record FROM runs {where} ORDER BY created_at DESC LIMIT %s",
                 (*params, limit),
             ).fetchall()
+        )
         return [Run.model_validate_json(r[0]) for r in rows]
 
     def frames(self, run_id: str, after_seq: int = 0, limit: int = -1) -> list[LoggedFrame] | None:
         """Up to `limit` (-1: all) logged frames after `after_seq`; None when no log is kept
         (lost with its actor, or expired)."""
-        with self._conn() as db:
+
+        def read(db: psycopg.Connection[Any]) -> list[LoggedFrame] | None:
             kept = db.execute(
                 "SELECT 1 FROM log_expiry WHERE run_id = %s AND expires_at > %s",
                 (run_id, time.time()),
@@ -266,11 +294,16 @@ class PgRunStore:
                 " WHERE run_id = %s AND seq_id > %s ORDER BY seq_id LIMIT %s",
                 (run_id, after_seq, None if limit < 0 else limit),  # LIMIT NULL: all
             ).fetchall()
-        return [LoggedFrame(*row) for row in rows]
+            return [LoggedFrame(*row) for row in rows]
+
+        return self._again_if_lost(read)
 
     def stream_endings(self, run_id: str) -> list[dict[str, Any]] | None:
-        with self._conn() as db:
-            row = db.execute("SELECT stream_endings FROM runs WHERE id = %s", (run_id,)).fetchone()
+        row = self._again_if_lost(
+            lambda db: db.execute(
+                "SELECT stream_endings FROM runs WHERE id = %s", (run_id,)
+            ).fetchone()
+        )
         return None if row is None or row[0] is None else list(json.loads(row[0]))
 
     def purge_expired_logs(self) -> int:

@@ -94,23 +94,32 @@ def test_a_killed_holder_releases_the_database(postgres: PostgresServer) -> None
             holder.wait()
 
 
-def test_a_lost_connection_is_replaced_and_the_lock_taken_again(postgres: PostgresServer) -> None:
-    url = postgres.new_database()
-    database = PostgresDatabase(url)
-    store = database.run_store("registry")
+def _end_the_registrys_session(url: str) -> None:
+    """What a database restart does to the registry: its session ends under it."""
     with psycopg.connect(url, autocommit=True) as admin:
         killed = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks"
             " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
         ).fetchall()
     assert killed == [(True,)], "the store's session held the registry lock"
-    with pytest.raises(psycopg.OperationalError):
-        store.get("run-x")  # the call in flight when the connection went fails
+
+
+def test_a_lost_connection_is_replaced_and_the_lock_taken_again(postgres: PostgresServer) -> None:
+    url = postgres.new_database()
+    database = PostgresDatabase(url)
+    store = database.run_store("registry")
     record = Run(id=f"run-{3:032x}", status="created", model="fake/echo", created_at=utcnow())
-    store.insert(record, None)  # the next one reconnects
-    assert store.get(record.id) == record
+    _end_the_registrys_session(url)
+    store.insert(record, None)  # repeated on a new connection, which takes the lock again
     with pytest.raises(StoreLocked):
         database.run_store("another", lock_wait_s=0)
+    _end_the_registrys_session(url)
+    assert store.get(record.id) == record  # reads are repeated too
+    _end_the_registrys_session(url)
+    running = record.model_copy(update={"status": "running"})
+    with pytest.raises(psycopg.OperationalError):
+        store.set_running(running)  # a guarded write is not: it may have committed
+    assert store.set_running(running)  # the next call has a new connection
     store.close()
 
 

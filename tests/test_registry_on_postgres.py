@@ -4,6 +4,7 @@ registry on the same database serves what the first wrote and ends what it left 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,8 +42,8 @@ class Registries:
         self.providers = settings.providers
         self.open: list[RunRegistry] = []
 
-    def make(self) -> RunRegistry:
-        registry = RunRegistry(self.actors, self.providers)
+    def make(self, **overrides: Any) -> RunRegistry:
+        registry = RunRegistry(self.actors.model_copy(update=overrides), self.providers)
         self.open.append(registry)
         return registry
 
@@ -142,3 +143,55 @@ async def test_one_registry_per_database_and_the_next_one_takes_over(
     assert await second.stored_frames(run.id) == logged
     lost = await second.get(orphan.id)
     assert lost is not None and lost.status == "failed" and lost.stop_reason == "error"
+
+
+def _stored_status(url: str, run_id: str) -> str | None:
+    with psycopg.connect(url) as db:
+        row = db.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+async def test_the_registry_goes_on_when_its_database_session_ends(
+    registries: Registries,
+) -> None:
+    registry = registries.make()
+    url = _url(registry)
+    with psycopg.connect(url, autocommit=True) as admin:  # as a database restart would
+        (ended,) = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks"
+            " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert ended == (True,)
+    run, _ = await registry.create_run(spec("after the restart"))
+    assert (await registry.wait_terminal(run.id, timeout_s=60)).status == "completed"  # type: ignore[union-attr]
+    assert _stored_status(url, run.id) == "completed"
+    with pytest.raises(StoreLocked):
+        registries.make()  # the new session holds the lock again
+
+
+async def test_a_terminal_record_the_database_refuses_is_served_and_written_later(
+    registries: Registries,
+) -> None:
+    registry = registries.make(purge_interval_s=0.2)
+    url = _url(registry)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'injected fault: disk full'; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER refuse_terminal BEFORE UPDATE ON runs FOR EACH ROW"
+            " WHEN (NEW.status NOT IN ('created', 'running')) EXECUTE FUNCTION refuse()"
+        )
+        run, _ = await registry.create_run(spec("x y"))
+        done = await registry.wait_terminal(run.id, timeout_s=60)
+        assert done is not None and done.status == "completed"
+        assert _stored_status(url, run.id) == "running"
+        served = await registry.get(run.id)
+        assert served is not None and served.status == "completed", "served from memory"
+        admin.execute("DROP TRIGGER refuse_terminal ON runs")
+    for _ in range(600):
+        if _stored_status(url, run.id) == "completed":
+            break
+        await asyncio.sleep(0.05)  # polled: the registry writes it at its next purge
+    assert _stored_status(url, run.id) == "completed"
