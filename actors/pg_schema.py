@@ -18,11 +18,13 @@ LOCK_KEY = 0x7261797275_6E73  # "rayruns"
 # EXISTS (a registry opening as `rayruns keys` runs): schema changes take this lock first.
 SCHEMA_LOCK_KEY = LOCK_KEY + 1
 CONNECT_TIMEOUT_S = 10
-# The server's probes of the registry's session (per-session settings any user may set): idle 5 s,
-# then 3 probes 2 s apart; unacknowledged data gives up after 10 s.
-_KEEPALIVES = (
+# Per-session settings any user may set, asked for on every connection; options in the URL come
+# after these and win. The server probes the session (idle 5 s, then 3 probes 2 s apart;
+# unacknowledged data gives up after 10 s), and a statement may take 30 s, as SQLite's busy
+# timeout: the registry's one store thread never waits on the database for good.
+_SESSION = (
     "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
-    " -c tcp_user_timeout=10000"
+    " -c tcp_user_timeout=10000 -c statement_timeout=30000"
 )
 DEAD_SESSION_S = 15.0
 
@@ -86,23 +88,19 @@ class DatabaseUnreachable(RuntimeError):
     """The PostgreSQL server at RAYRUNS_DB_URL refused or did not answer."""
 
 
-def connect(url: str, hold_lock: bool = False) -> psycopg.Connection[Any]:
+def connect(url: str) -> psycopg.Connection[Any]:
     """An autocommit connection: each statement commits alone unless in `transaction()`.
 
-    `hold_lock`: the registry's session, which holds the lock. The server then probes it often
-    (keepalives, a send timeout), so that a registry whose node vanished without closing its
-    socket loses the lock within DEAD_SESSION_S rather than the kernel's two hours."""
-    extra: dict[str, Any] = {}
-    if hold_lock:
-        given = conninfo_to_dict(url).get("options") or ""
-        extra["options"] = f"{given} {_KEEPALIVES}".strip()
+    The server probes the session often, so that a registry whose node vanished without closing
+    its socket loses the lock within DEAD_SESSION_S rather than the kernel's two hours."""
+    given = conninfo_to_dict(url).get("options") or ""
     try:
         return psycopg.connect(
             url,
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT_S,
             application_name="rayruns",
-            **extra,
+            options=f"{_SESSION} {given}".strip(),
         )
     except psycopg.OperationalError as exc:
         # The driver's message may quote the URL: say where without the password.

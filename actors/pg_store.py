@@ -57,7 +57,7 @@ class PgRunStore:
         self._db = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        db = connect(self.url, hold_lock=True)
+        db = connect(self.url)
         try:
             self._take_lock(db)
             create_schema(db)

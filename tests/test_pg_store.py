@@ -175,19 +175,20 @@ def test_settings_take_a_postgresql_url_only() -> None:
 def test_the_registrys_session_is_probed_so_a_vanished_holder_lets_go(
     postgres: PostgresServer,
 ) -> None:
-    # A URL with options of its own keeps them.
-    url = postgres.new_database() + "?options=-c%20statement_timeout%3D7000"
+    url = postgres.new_database()
     store: Any = PostgresDatabase(url).run_store("registry")
-    shown = {
-        name: store._db.execute(f"SHOW {name}").fetchone()[0]
-        for name in ("tcp_keepalives_idle", "tcp_user_timeout", "statement_timeout")
-    }
-    assert shown == {
+    names = ("tcp_keepalives_idle", "tcp_user_timeout", "statement_timeout")
+    assert {n: store._db.execute(f"SHOW {n}").fetchone()[0] for n in names} == {
         "tcp_keepalives_idle": "5",
         "tcp_user_timeout": "10000",
-        "statement_timeout": "7s",
+        "statement_timeout": "30s",
     }
     store.close()
+    # A URL with options of its own: they win.
+    own: Any = PostgresDatabase(url + "?options=-c%20statement_timeout%3D7000").run_store("r")
+    assert own._db.execute("SHOW statement_timeout").fetchone()[0] == "7s"
+    assert own._db.execute("SHOW tcp_keepalives_idle").fetchone()[0] == "5"
+    own.close()
 
 
 def test_serve_on_the_network_with_an_unreachable_database_refuses_clearly() -> None:
