@@ -17,10 +17,13 @@ $(VENV)/.run-deps: pyproject.toml | $(BIN)/python
 
 # The browser tests drive Debian's chromium (Playwright cannot download a browser here).
 CHROMIUM := /usr/bin/chromium
+# The PostgreSQL store's tests start a server of their own from Debian's binaries.
+PG_BIN_GLOB := /usr/lib/postgresql/*/bin/postgres
 
 $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	ls $(PG_BIN_GLOB) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 	touch $@ $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps

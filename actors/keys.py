@@ -1,4 +1,4 @@
-"""API keys and their tenants, in the registry's SQLite file.
+"""API keys and their tenants, in the registry's SQLite file (in PostgreSQL: actors/pg_keys.py).
 
 Only a SHA-256 of each key is stored. Keys are 256 random bits, so a fast hash is as good as a
 slow one here: there is no dictionary to guess from. The `rayruns keys` command writes this table
@@ -43,6 +43,23 @@ class KeyCommandError(ValueError):
     """A `keys` command that cannot be done (bad name, name taken, unknown name)."""
 
 
+def check_names(name: str, tenant: str | None) -> None:
+    for label, value in (("name", name), ("tenant", tenant or name)):
+        if not NAME_PATTERN.match(value):
+            raise KeyCommandError(
+                f"{label} {value!r} must be 1 to 64 letters, digits, '.', '_' or '-'"
+                " (starting with a letter or digit)"
+            )
+
+
+def name_taken(name: str) -> KeyCommandError:
+    return KeyCommandError(f"a key named {name!r} exists already (revoked keys keep their name)")
+
+
+def no_such_key(name: str) -> KeyCommandError:
+    return KeyCommandError(f"no key named {name!r}")
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     name: str
@@ -76,12 +93,7 @@ class KeyStore:
 
     def add(self, name: str, tenant: str | None = None) -> str:
         """A new key for `name` (tenant: `tenant`, else the name); returns the key itself."""
-        for label, value in (("name", name), ("tenant", tenant or name)):
-            if not NAME_PATTERN.match(value):
-                raise KeyCommandError(
-                    f"{label} {value!r} must be 1 to 64 letters, digits, '.', '_' or '-'"
-                    " (starting with a letter or digit)"
-                )
+        check_names(name, tenant)
         key = new_key()
         try:
             self._db.execute(
@@ -89,9 +101,7 @@ class KeyStore:
                 (name, tenant or name, hash_key(key), time.time()),
             )
         except sqlite3.IntegrityError:
-            raise KeyCommandError(
-                f"a key named {name!r} exists already (revoked keys keep their name)"
-            ) from None
+            raise name_taken(name) from None
         return key
 
     def revoke(self, name: str) -> KeyInfo:
@@ -103,7 +113,7 @@ class KeyStore:
             )
         info = self.get(name)
         if info is None:
-            raise KeyCommandError(f"no key named {name!r}")
+            raise no_such_key(name)
         return info
 
     def get(self, name: str) -> KeyInfo | None:

@@ -2,8 +2,9 @@
 
 Transitions are compare-and-set: created → running → {completed, failed, cancelled}. The first
 terminal write wins; later ones are refused (the stored record is returned unchanged, the
-refusal counted), here and in SQL. Records are in SQLite before a call returns; SQLite runs in
-one worker thread, never on the registry's event loop. The registry watches each run actor: one
+refusal counted), here and in SQL. Records are in the database (SQLite, or PostgreSQL with
+RAYRUNS_DB_URL: actors/database.py) before a call returns; the store runs in one worker thread,
+never on the registry's event loop. The registry watches each run actor: one
 that dies mid-run ends its run `failed` / `run_lost`; one that is only unreachable for a while
 (`ActorUnavailableError`) is waited for.
 
@@ -40,8 +41,9 @@ from rayruns.actors.conversation import (
     cancelled_wait,
     resolve,
 )
+from rayruns.actors.database import KeyStorage, RunStorage, open_database
 from rayruns.actors.frames import LoggedFrame
-from rayruns.actors.keys import AuthCheck, KeyStore
+from rayruns.actors.keys import AuthCheck
 from rayruns.actors.limits import Admission, RunLimits, default_max_live_runs, timed_out
 from rayruns.actors.metrics import registry_metrics
 from rayruns.actors.placement import no_room_message
@@ -59,7 +61,7 @@ from rayruns.actors.remote import ActorHandle
 from rayruns.actors.server_tools import ToolCatalog
 from rayruns.actors.settings import ActorSettings
 from rayruns.actors.spec import InvalidRun, RunSpec
-from rayruns.actors.store import HistoryUpdate, RunStore, history_key
+from rayruns.actors.store import HistoryUpdate, history_key
 from rayruns.actors.tool_requests import ServerToolRef
 from rayruns.providers.base import Message
 from rayruns.providers.settings import ProviderSettings
@@ -131,12 +133,17 @@ class RunRegistry:
             f"registry {settings.registry_name!r} in namespace {settings.namespace!r}"
             f" of the Ray cluster at {_ray_address()}"
         )
-        self._store = RunStore(settings.resolved_db_path(), owner)
-        self._keys = KeyStore(settings.resolved_db_path())
-        # One thread: SQLite's connection is used by one thread at a time, writes in order.
+        database = open_database(settings)  # SQLite at RAYRUNS_DB_PATH, or RAYRUNS_DB_URL
+        self._store: RunStorage = database.run_store(owner)
+        try:
+            self._keys: KeyStorage = database.key_store()
+        except BaseException:
+            self._store.close()
+            raise
+        # One thread: the store's connection is used by one thread at a time, writes in order.
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayruns-sqlite")
         # The key store has a connection and a thread of its own: a key check (every request)
-        # never queues behind a run write that waits for SQLite's write lock.
+        # never queues behind a run write that waits for the database's write lock.
         self._keys_db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayruns-keys")
         self._live: dict[str, _Live] = {}
         self._conversations: dict[tuple[str | None, str], str] = {}
@@ -440,7 +447,7 @@ class RunRegistry:
     async def authenticate(self, key_hash: str | None) -> AuthCheck:
         """Whether the server needs a key, and the tenant of the active key with this hash.
 
-        Read from SQLite on every call: `rayruns keys` writes the file directly.
+        Read from the database on every call: `rayruns keys` writes it directly.
         """
         return await self._keys_io(self._keys.check, key_hash)
 

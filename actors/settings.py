@@ -4,9 +4,9 @@ tools, placement."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, PostgresDsn, UrlConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rayruns.actors.limits import MAX_RUN_BYTES, MAX_RUN_FRAMES, MAX_RUN_S, RunLimits
@@ -18,6 +18,11 @@ class ActorSettings(BaseSettings):
     namespace: str = "rayruns"
     registry_name: str = "rayruns-registry"
     db_path: Path = Field(default=Path("~/.rayruns/runs.sqlite3"))
+    # PostgreSQL instead of the SQLite file at db_path: records, logs, conversations and keys
+    # (actors/database.py). postgresql://user:password@host:port/database
+    db_url: (
+        Annotated[PostgresDsn, UrlConstraints(allowed_schemes=["postgresql", "postgres"])] | None
+    ) = None
     log_retention_s: float = Field(default=3600.0, gt=0)
     cancel_grace_s: float = Field(default=10.0, gt=0)
     purge_interval_s: float = Field(default=60.0, gt=0)

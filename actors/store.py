@@ -102,11 +102,13 @@ LOCK_WAIT_S = 5.0
 class StoreLocked(RuntimeError):
     """Another process has this database open as its registry's store."""
 
-    def __init__(self, path: Path, owner: str) -> None:
+    def __init__(self, path: Path | str, owner: str) -> None:
+        # A Path: the SQLite file; a str: a PostgreSQL URL without its password.
+        own = "file with RAYRUNS_DB_PATH" if isinstance(path, Path) else "database (RAYRUNS_DB_URL)"
         super().__init__(
             f"the run database {path} is in use by another registry ({owner}); one registry per "
-            "database: join that cluster (rayruns batch --address ...), or give this one its "
-            "own file with RAYRUNS_DB_PATH"
+            f"database: join that cluster (rayruns batch --address ...), or give this one its "
+            f"own {own}"
         )
         self.path = path
         self.owner = owner

@@ -1,11 +1,14 @@
 """How many run transitions the registry handles per second of its own CPU (docs/scaling.md).
 
-    .venv/bin/python -m bench.registry_rate [--runs 600] [--levels 8,32,96]
+    .venv/bin/python -m bench.registry_rate [--runs 600] [--levels 8,32,96] [--db-url URL]
 
 Two measurements, printed as one JSON object:
 
-- `store`: the SQLite store alone, in this process: insert (created), update (running) and
-  finish (terminal, with a 5-frame log) for `--runs` runs; transitions per CPU-second.
+- `store`: the SQLite store alone, in this process: insert (created), set_running and finish
+  (terminal, with a 5-frame log) for `--runs` runs; transitions per CPU-second and per second.
+  With `--db-url postgresql://...` (an empty database), `store_postgres` measures the PostgreSQL
+  store the same way: its rate is bound by round trips to the server, so the wall-clock rate is
+  the one to read.
 - `registry`: a local Ray, the registry actor and a warm pool; zero-delay fake runs started and
   awaited through `RegistryClient` (create_run, wait_terminal: no frame reading, so the registry
   is what is loaded) at each concurrency level. The registry is one asyncio process, so one core
@@ -20,6 +23,7 @@ import asyncio
 import json
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,34 +31,44 @@ import psutil
 import ray
 
 from rayruns.actors.client import RegistryClient
+from rayruns.actors.database import Database, PostgresDatabase, SqliteDatabase
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.placement import init_ray
 from rayruns.actors.records import Outcome, Run, Usage, utcnow
 from rayruns.actors.settings import ActorSettings
 from rayruns.actors.spec import RunSpec
-from rayruns.actors.store import RunStore
 from rayruns.providers.settings import ProviderSettings
 
 TRANSITIONS_PER_RUN = 3  # created, running, terminal
 
 
-def store_rate(runs: int) -> dict[str, Any]:
-    store = RunStore(Path(tempfile.mkdtemp()) / "runs.sqlite3")
+def store_rate(runs: int, database: Database) -> dict[str, Any]:
+    store = database.run_store("bench.registry_rate")
     frames = [LoggedFrame(n, "assistant_message", '{"content": "x"}') for n in range(1, 6)]
     outcome = Outcome(stop_reason="end_turn", usage=Usage())
-    c0 = time.process_time()
+    prefix = f"run-{uuid.uuid4().hex[:8]}"
+    c0, t0 = time.process_time(), time.perf_counter()
     for n in range(runs):
-        run = Run(id=f"run-{n}", status="created", model="fake/echo", created_at=utcnow())
+        run = Run(id=f"{prefix}-{n}", status="created", model="fake/echo", created_at=utcnow())
         store.insert(run, "actor")
-        store.update(run.model_copy(update={"status": "running"}))
-        done = run.model_copy(update={"status": outcome.status, "stop_reason": "end_turn"})
+        store.set_running(run.model_copy(update={"status": "running"}))
+        done = run.model_copy(
+            update={
+                "status": outcome.status,
+                "stop_reason": "end_turn",
+                "usage": Usage(),
+                "completed_at": utcnow(),
+            }
+        )
         store.finish(done, frames, 3600, [])
-    cpu = time.process_time() - c0
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     store.close()
     return {
         "runs": runs,
         "cpu_s": round(cpu, 3),
+        "wall_s": round(wall, 3),
         "transitions_per_cpu_s": round(runs * TRANSITIONS_PER_RUN / cpu),
+        "transitions_per_s": round(runs * TRANSITIONS_PER_RUN / wall),
     }
 
 
@@ -107,14 +121,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=600)
     parser.add_argument("--levels", default="8,32,96")
+    parser.add_argument("--db-url", default=None, help="also measure the PostgreSQL store here")
+    parser.add_argument("--store-only", action="store_true", help="skip the registry levels")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    result = {
+    sqlite = SqliteDatabase(Path(tempfile.mkdtemp()) / "runs.sqlite3")
+    result: dict[str, Any] = {
         "cpus": psutil.cpu_count(),
         "load_avg_at_start": [round(x, 1) for x in psutil.getloadavg()],
-        "store": store_rate(args.runs * 3),
-        "registry": asyncio.run(registry_rate(args.runs, levels)),
+        "store": store_rate(args.runs * 3, sqlite),
     }
+    if args.db_url:
+        result["store_postgres"] = store_rate(args.runs * 3, PostgresDatabase(args.db_url))
+    if not args.store_only:
+        result["registry"] = asyncio.run(registry_rate(args.runs, levels))
     print(json.dumps(result, indent=2))
 
 

@@ -19,7 +19,7 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from rayruns.actors.keys import KeyStore
+from rayruns.actors.database import open_database
 from rayruns.serve_app.batch_cli import add_batch_parser, batch_command
 from rayruns.serve_app.cluster_watch import ClusterWatch
 from rayruns.serve_app.detach import health_url, start_detached
@@ -86,7 +86,11 @@ def open_to_network(host: str, settings: Settings) -> str | None:
     """Why serving on `host` would expose an open server, or None when it would not."""
     if is_loopback(host):
         return None
-    store = KeyStore(settings.actors.resolved_db_path())
+    database = open_database(settings.actors)
+    try:
+        store = database.key_store()
+    except RuntimeError as exc:  # PostgreSQL unreachable, or its driver not installed
+        return f"refusing to listen on {host}: cannot tell whether an API key exists: {exc}"
     try:
         if store.any_active():
             return None
@@ -95,7 +99,7 @@ def open_to_network(host: str, settings: Settings) -> str | None:
     return (
         f"refusing to listen on {host}: no API key exists, so anyone who reaches the port could"
         " spend the provider keys and read every run. Create one with `rayruns keys add NAME`"
-        f" (database {settings.actors.resolved_db_path()}), listen on 127.0.0.1, or pass"
+        f" (database {database.where}), listen on 127.0.0.1, or pass"
         " --insecure to serve without keys anyway."
     )
 

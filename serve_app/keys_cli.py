@@ -1,7 +1,8 @@
 """`rayruns keys add|list|revoke`: the server's API keys, in the registry's database.
 
-Run it on the head node (where `RAYRUNS_DB_PATH` is the registry's file); it needs no Ray. The
-running server notices added and revoked keys within `RAYRUNS_AUTH_CACHE_S`.
+Run it on the head node (where `RAYRUNS_DB_PATH` is the registry's file), or anywhere with the
+registry's `RAYRUNS_DB_URL` (PostgreSQL); it needs no Ray. The running server notices added and
+revoked keys within `RAYRUNS_AUTH_CACHE_S`.
 
 `add NAME [--tenant T]` prints the new key alone as the last line of stdout: it is shown once and
 only its hash is kept. Runs made with a key belong to its tenant (the key's name unless given).
@@ -14,7 +15,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rayruns.actors.keys import KeyCommandError, KeyInfo, KeyStore
+from rayruns.actors.database import open_database
+from rayruns.actors.keys import KeyCommandError, KeyInfo
 from rayruns.actors.settings import ActorSettings
 
 
@@ -29,7 +31,8 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--env-file",
         type=Path,
         default=None,
-        help="read settings (RAYRUNS_DB_PATH) from NAME=value lines, as `rayruns serve` does",
+        help="read settings (RAYRUNS_DB_PATH or RAYRUNS_DB_URL) from NAME=value lines, as"
+        " `rayruns serve` does",
     )
     keys = p.add_subparsers(dest="keys_command", required=True)
     add = keys.add_parser("add", help="create a key; prints it as the last line")
@@ -41,14 +44,18 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def keys_command(args: argparse.Namespace, settings: ActorSettings) -> int:
-    path = settings.resolved_db_path()
-    store = KeyStore(path)
+    database = open_database(settings)
+    try:
+        store = database.key_store()
+    except RuntimeError as exc:  # PostgreSQL unreachable, or its driver not installed
+        _err(f"rayruns keys: {exc}")
+        return 2
     try:
         if args.keys_command == "add":
             key = store.add(args.name, args.tenant)
             info = store.get(args.name)
             assert info is not None
-            _err(f"created key {info.name!r} for tenant {info.tenant!r} in {path}")
+            _err(f"created key {info.name!r} for tenant {info.tenant!r} in {database.where}")
             _err("it is shown once, below; only its hash is stored")
             _out(key)
         elif args.keys_command == "list":

@@ -19,11 +19,13 @@ from pydantic import SecretStr
 from ray import serve
 
 from rayruns.actors.client import RegistryClient
+from rayruns.actors.database import Database, PostgresDatabase, SqliteDatabase
 from rayruns.actors.keys import KeyStore
 from rayruns.actors.placement import local_resources
 from rayruns.serve_app.app import deployment
 from rayruns.serve_app.settings import Settings
 from tests import error_bodies
+from tests.postgres_server import PostgresServer, running_postgres
 from tests.providers.support import API_KEY
 from tests.providers.wire_servers import WireServer, start_wire_server
 from tests.sse_client import Event, events_of
@@ -356,3 +358,19 @@ async def settled_pool(registry: Any, namespace: str, size: int) -> dict[str, li
             return names
         await asyncio.sleep(0.05)
     return await settled_actor_names(registry, namespace)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session's own (tests/postgres_server.py)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """A fresh, empty database of each kind: tests of the stores run against both."""
+    if request.param == "sqlite":
+        return SqliteDatabase(tmp_path / "runs.sqlite3")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return PostgresDatabase(server.new_database())

@@ -1,4 +1,5 @@
-"""The SQLite store on its own: durability, filters, retention."""
+"""The run store on its own, on SQLite and on PostgreSQL: durability, filters, retention, one
+registry per database. Tests of SQLite's file handling take `tmp_path` alone."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rayruns.actors.conversation import PendingCall
+from rayruns.actors.database import Database
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.records import Run, RunStatus, Usage, utcnow
 from rayruns.actors.store import HistoryUpdate, RunStore, StoreLocked, history_key
@@ -27,9 +29,8 @@ def run(i: int, conversation: str | None = None) -> Run:
     )
 
 
-def test_records_and_logs_survive_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "runs.sqlite3"
-    store = RunStore(path)
+def test_records_and_logs_survive_reopening(database: Database) -> None:
+    store = database.run_store()
     first = run(1, "c")
     store.insert(first, "actor-a")
     done = first.model_copy(
@@ -45,7 +46,7 @@ def test_records_and_logs_survive_reopening(tmp_path: Path) -> None:
     store.insert(run(2, "c"), "actor-b")
     store.close()
 
-    again = RunStore(path)
+    again = database.run_store()
     assert again.get(first.id) == done
     assert again.frames(first.id) == frames
     assert [r.id for r in again.query(conversation_id="c", status=None, limit=10)] == [
@@ -59,8 +60,8 @@ def test_records_and_logs_survive_reopening(tmp_path: Path) -> None:
     assert again.stream_endings(first.id) == [{"outcome": "completed"}]
 
 
-def test_logs_expire_but_records_stay(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "runs.sqlite3")
+def test_logs_expire_but_records_stay(database: Database) -> None:
+    store = database.run_store()
     record = run(3)
     store.insert(record, None)
     done = ended(record, "cancelled")
@@ -77,20 +78,21 @@ def ended(record: Run, status: RunStatus = "completed") -> Run:
     )
 
 
-def test_a_second_store_on_the_same_file_is_refused_naming_the_owner(tmp_path: Path) -> None:
-    path = tmp_path / "runs.sqlite3"
-    first = RunStore(path, "registry 'r' of the cluster at 10.0.0.1:6379")
+def test_a_second_store_on_the_same_database_is_refused_naming_the_owner(
+    database: Database,
+) -> None:
+    first = database.run_store("registry 'r' of the cluster at 10.0.0.1:6379")
     with pytest.raises(StoreLocked) as refused:
-        RunStore(path, "a batch", lock_wait_s=0)
+        database.run_store("a batch", lock_wait_s=0)
     message = str(refused.value)
     assert "registry 'r' of the cluster at 10.0.0.1:6379" in message
-    assert f"pid {os.getpid()}" in message and str(path) in message
+    assert f"pid {os.getpid()}" in message and database.where in message
     first.close()
-    RunStore(path, "the next owner", lock_wait_s=0).close()  # released on close
+    database.run_store("the next owner", lock_wait_s=0).close()  # released on close
 
 
-def test_a_terminal_record_is_never_overwritten(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "runs.sqlite3")
+def test_a_terminal_record_is_never_overwritten(database: Database) -> None:
+    store = database.run_store()
     record = run(4)
     store.insert(record, "actor")
     lost = ended(record, "failed")
@@ -101,8 +103,8 @@ def test_a_terminal_record_is_never_overwritten(tmp_path: Path) -> None:
     assert store.frames(record.id) is None, "the refused write left no log"
 
 
-def test_a_refused_terminal_write_adds_no_history(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "runs.sqlite3")
+def test_a_refused_terminal_write_adds_no_history(database: Database) -> None:
+    store = database.run_store()
     record = run(11, "chat")
     store.insert(record, "actor")
     first = HistoryUpdate([Message(role="assistant", content="first")], [])
@@ -115,8 +117,8 @@ def test_a_refused_terminal_write_adds_no_history(tmp_path: Path) -> None:
     assert store.pending(key) == (None, [])
 
 
-def test_running_never_revives_a_terminal_record(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "runs.sqlite3")
+def test_running_never_revives_a_terminal_record(database: Database) -> None:
+    store = database.run_store()
     record = run(5)
     store.insert(record, "actor")
     cancelled = ended(record, "cancelled")
@@ -129,8 +131,8 @@ def test_running_never_revives_a_terminal_record(tmp_path: Path) -> None:
     assert store.get(fresh.id).status == "running"  # type: ignore[union-attr]
 
 
-def test_logs_are_read_a_page_at_a_time(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "runs.sqlite3")
+def test_logs_are_read_a_page_at_a_time(database: Database) -> None:
+    store = database.run_store()
     record = run(7)
     store.insert(record, None)
     log = [LoggedFrame(n, "assistant_message", f'{{"n":{n}}}') for n in range(1, 11)]
@@ -143,8 +145,8 @@ def test_logs_are_read_a_page_at_a_time(tmp_path: Path) -> None:
     assert store.frames(record.id, 2**64, 4) == []
 
 
-def test_records_past_retention_are_purged_with_their_logs(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "runs.sqlite3")
+def test_records_past_retention_are_purged_with_their_logs(database: Database) -> None:
+    store = database.run_store()
     old, recent, live = run(8), run(9), run(10)
     for r in (old, recent, live):
         store.insert(r, None)
@@ -156,8 +158,8 @@ def test_records_past_retention_are_purged_with_their_logs(tmp_path: Path) -> No
     assert store.get(recent.id) is not None and store.get(live.id) is not None
 
 
-def test_a_conversation_history_goes_with_its_last_record(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "runs.sqlite3")
+def test_a_conversation_history_goes_with_its_last_record(database: Database) -> None:
+    store = database.run_store()
     long_ago = utcnow() - timedelta(days=2)
     gone, kept_old, kept_new = run(12, "gone"), run(13, "kept"), run(14, "kept")
     call = PendingCall(id="c1", name="lookup", arguments="{}", server=False)
