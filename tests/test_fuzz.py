@@ -29,6 +29,7 @@ from tests.sse_client import Event, SSEDecoder
 
 # Hypothesis keeps its health checks on: a strategy too slow or too filtered fails the test.
 EXAMPLES = settings(max_examples=60, deadline=None)
+BODY_EXAMPLES = settings(max_examples=80, deadline=None)
 
 # --- strategies ------------------------------------------------------------------------------
 
@@ -244,6 +245,8 @@ def json_body(
         value.update(draw(unknown_fields))
     else:
         value = {**(base or {}), "messages": draw(valid_messages)}
+        # The provider's knobs in every valid body: they steer the run the most.
+        value["provider_options"] = draw(valid["provider_options"])
         value.update(draw(st.fixed_dictionaries({}, optional=valid)))
         if kind == "near":  # one field off: near-valid, garbage, or unknown
             name = draw(st.sampled_from([*near, "messages", "unknown"]))
@@ -324,7 +327,7 @@ def client(base_url: str) -> Iterator[httpx.Client]:
 # --- the fuzz tests --------------------------------------------------------------------------
 
 
-@EXAMPLES
+@BODY_EXAMPLES
 @given(
     payload=json_body(VALID_RUN, RUN_FIELDS),
     content_type=st.sampled_from(["application/json", None]),
@@ -394,7 +397,7 @@ VALID_CHAT = {
 }
 
 
-@EXAMPLES
+@BODY_EXAMPLES
 @given(payload=json_body(VALID_CHAT, CHAT_FIELDS, {"model": "fake/echo"}))
 def test_chat_completion_bodies(client: httpx.Client, payload: bytes) -> None:
     headers = {"content-type": "application/json"}
@@ -528,21 +531,27 @@ def test_stream_cursors(
     healthy(client)
 
 
+ID_ROUTES = [
+    ("GET", "/v1/runs/{}"),
+    ("POST", "/v1/runs/{}/cancel"),
+    ("GET", "/v1/runs/{}/stream"),
+    ("GET", "/v1/conversations/{}/messages"),
+]
+
+
 @EXAMPLES
-@given(run_id=st.one_of(any_text, long_text, st.sampled_from(["run-", "run-0", "%00", "a/b"])))
-def test_unknown_run_ids(client: httpx.Client, run_id: str) -> None:
+@given(
+    route=st.sampled_from(ID_ROUTES),
+    run_id=st.one_of(any_text, long_text, st.sampled_from(["run-", "run-0", "%00", "a/b"])),
+)
+def test_unknown_run_ids(client: httpx.Client, route: tuple[str, str], run_id: str) -> None:
     path = quote(run_id, safe="")
     if path in ("", ".", ".."):
         path = quote(run_id + "x", safe="")
-    for method, route in (
-        ("GET", f"/v1/runs/{path}"),
-        ("POST", f"/v1/runs/{path}/cancel"),
-        ("GET", f"/v1/runs/{path}/stream"),
-        ("GET", f"/v1/conversations/{path}/messages"),
-    ):
-        answer = client.request(method, route)
-        assert answer.status_code in (404, 422), (method, route, answer.status_code, answer.text)
-        check_error(answer)
+    method, template = route
+    answer = client.request(method, template.format(path))
+    assert answer.status_code in (404, 422), (method, path, answer.status_code, answer.text)
+    check_error(answer)
     healthy(client)
 
 
