@@ -87,7 +87,7 @@ async def test_replica_killed_mid_stream_resume_on_successor(
     try:
         while len(frames(stream.seen)) < 5:
             assert not (await stream.next_frame()).done
-        await replica_pid(old)  # os.kill(await replica_pid(old), signal.SIGKILL)
+        os.kill(await replica_pid(old), signal.SIGKILL)
         before = await read_until_broken(stream)
     finally:
         await cm.__aexit__(None, None, None)
