@@ -12,7 +12,8 @@ controller and proxy, Ray's own) is sampled: RSS, USS, open file descriptors. At
 traffic stops: runs not terminal, run actors beyond the pool, and growth from the first third of
 the samples to the last, per process kind. Writes JSON and prints a table; exits 1 on a leak
 (a run not terminal, an actor beyond the pool, a long-lived process whose USS or descriptors
-grew past the limits), 2 if the traffic itself saw errors.
+grew past the limits, or whose USS still climbs after the first third), 2 if the traffic itself
+saw errors.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class Tally:
     failed: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     run_ids: set[str] = field(default_factory=set)
+    # Seconds from a foreground client's departure to its run's `cancelled` record (polled
+    # every 0.2 s).
+    departure_to_cancelled_s: list[float] = field(default_factory=list)
 
     def error(self, scenario: str, exc: BaseException) -> None:
         self.failed[scenario] += 1
@@ -195,20 +199,23 @@ async def cancelled(client: httpx.AsyncClient, tally: Tally) -> None:
 
 
 async def disconnected(client: httpx.AsyncClient, tally: Tally) -> None:
-    """A foreground run whose client leaves: the server cancels it."""
+    """A foreground run whose client leaves: the server cancels it. The run stalls after a few
+    chunks, so it cannot end by itself however late the cancel lands; how late is recorded."""
     seen: list[int] = []
     run_id, _ = await read_frames(
         client,
         "POST",
         "/v1/runs",
-        json=body(WORDS, provider_options={"delay_s": 0.05}),
+        json=body(WORDS, provider_options={"delay_s": 0.05, "hang_after": 8}),
         seen=seen,
         stop_after=random.randint(1, 5),
         tally=tally,
     )
+    left = time.monotonic()
     status = await wait_status(client, run_id)
     if status != "cancelled":
         raise StreamBroken(f"a departed client's foreground run is {status}")
+    tally.departure_to_cancelled_s.append(time.monotonic() - left)
 
 
 async def provider_failure(client: httpx.AsyncClient, tally: Tally) -> None:
@@ -382,9 +389,16 @@ def by_kind(samples: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
 
 
 def growth(points: list[dict[str, float]]) -> dict[str, Any]:
-    """Mean of the first third of the samples and of the last third, and the change."""
+    """Mean of the first third of the samples and of the last third, and the change; and the
+    USS trend over the last two thirds (after the warm-up), in MiB per minute."""
     third = max(1, len(points) // 3)
     out: dict[str, Any] = {}
+    tail = points[third:]
+    if len(tail) >= 3 and len({p["t_s"] for p in tail}) > 1:
+        trend = statistics.linear_regression(
+            [p["t_s"] / 60 for p in tail], [p["uss_mb"] for p in tail]
+        )
+        out["uss_mb_per_min"] = round(trend.slope, 2)
     for metric in ("count", "rss_mb", "uss_mb", "fds"):
         first = statistics.mean(p[metric] for p in points[:third])
         last = statistics.mean(p[metric] for p in points[-third:])
@@ -460,6 +474,7 @@ async def soak(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
         },
         "error_examples": dict(tally.examples),
         "runs_started_seen": len(tally.run_ids),
+        "departure_to_cancelled_s": spread(tally.departure_to_cancelled_s),
         "not_terminal_runs": [r["id"] for r in live],
         "run_actors_after": actors,
         "pool_size": POOL_SIZE,
@@ -468,6 +483,18 @@ async def soak(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
         "leaks": leaks,
         "samples": series,
         "last_sample": samples[-1]["procs"] if samples else [],
+    }
+
+
+def spread(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        "max": round(ordered[-1], 2),
     }
 
 
@@ -486,6 +513,9 @@ def leak_findings(
         uss = g["uss_mb"]
         if uss["growth"] > args.max_uss_growth_mb and (uss["growth_pct"] or 0) > 20:
             found.append(f"{kind} USS grew {uss['first']} → {uss['last']} MiB")
+        slope = g.get("uss_mb_per_min")
+        if slope is not None and slope > args.max_uss_slope:
+            found.append(f"{kind} USS still growing after the warm-up: {slope} MiB/min")
         if g["fds"]["growth"] > args.max_fd_growth:
             found.append(f"{kind} descriptors grew {g['fds']['first']} → {g['fds']['last']}")
     return found
@@ -503,7 +533,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<18}{counts['ok']:>7}{counts['failed']:>8}")
     lines += [
         "",
-        f"{'process kind':<18}{'n':>9}{'RSS MiB':>17}{'USS MiB':>17}{'fds':>13}",
+        f"{'process kind':<18}{'n':>9}{'RSS MiB':>17}{'USS MiB':>17}{'fds':>13}{'USS MiB/min':>13}",
     ]
     for kind, g in result["growth_first_to_last_third"].items():
 
@@ -511,10 +541,14 @@ def table(result: dict[str, Any]) -> str:
             return f"{g[metric]['first']:g}→{g[metric]['last']:g}"
 
         lines.append(
-            f"{kind:<18}{pair('count'):>9}{pair('rss_mb'):>17}{pair('uss_mb'):>17}{pair('fds'):>13}"
+            f"{kind:<18}{pair('count'):>9}{pair('rss_mb'):>17}{pair('uss_mb'):>17}"
+            f"{pair('fds'):>13}{g.get('uss_mb_per_min', ''):>13}"
         )
+    d = result["departure_to_cancelled_s"]
     lines += [
         "",
+        f"foreground client gone → run cancelled: p50 {d['p50']} s, p99 {d['p99']} s, "
+        f"max {d['max']} s (n={d['n']})",
         f"runs not terminal: {len(result['not_terminal_runs'])}; run actors after: "
         f"{result['run_actors_after']} (pool {result['pool_size']}); leaks: "
         f"{'; '.join(result['leaks']) or 'none'}",
@@ -528,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=6, help="concurrent clients")
     parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--max-uss-growth-mb", type=float, default=32.0)
+    parser.add_argument("--max-uss-slope", type=float, default=1.0, help="MiB per minute")
     parser.add_argument("--max-fd-growth", type=float, default=32.0)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "soak_results.json")
     args = parser.parse_args(argv)
