@@ -551,7 +551,10 @@ def test_unknown_run_ids(client: httpx.Client, route: tuple[str, str], run_id: s
         path = quote(run_id + "x", safe="")
     method, template = route
     answer = client.request(method, template.format(path))
-    assert answer.status_code in (404, 422), (method, path, answer.status_code, answer.text)
+    # A `/` in the id (sent as %2F) is a path separator to the router: another route, or the
+    # trailing-slash redirect; never the run routes' own answer for a bad id.
+    expected = (307, 404, 405, 422) if "/" in run_id else (404, 422)
+    assert answer.status_code in expected, (method, path, answer.status_code, answer.text)
     check_error(answer)
     healthy(client)
 
