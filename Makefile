@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test fault lint bench clean cluster-test test-tools screenshot
+.PHONY: run test fault lint bench soak clean cluster-test test-tools screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ screenshot: test-tools
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench.run
+
+# Not in `make test`: MINUTES (default 10) of mixed traffic against its own server, then leaks
+# (runs, actors, descriptors, memory); writes bench/soak_results.json, exits 1 on a leak.
+MINUTES ?= 10
+soak: $(VENV)/.test-deps
+	$(BIN)/python -m bench.soak --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
