@@ -465,6 +465,7 @@ async def soak(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
     leaks = leak_findings(growths, live, actors, args)
     return {
         "minutes": args.minutes,
+        "env": args.env,
         "workers": args.workers,
         "load_avg_start": [round(x, 1) for x in load0],
         "load_avg_end": [round(x, 1) for x in load1],
@@ -565,11 +566,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-uss-slope", type=float, default=1.0, help="MiB per minute")
     parser.add_argument("--max-fd-growth", type=float, default=32.0)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "soak_results.json")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        help="KEY=VALUE for every Ray process (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rayruns-soak-") as tmp:
         servers = Servers(
             Path(tmp),
-            {},
+            dict(kv.split("=", 1) for kv in args.env),
             {
                 "RAYRUNS_NAMESPACE": "rayruns-soak",
                 "RAYRUNS_POOL_SIZE": str(POOL_SIZE),
