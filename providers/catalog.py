@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
@@ -50,6 +51,14 @@ def provider_class(provider: str) -> type[Provider]:
     module_name, _, attr = _MODULES[provider].partition(":")
     cls: type[Provider] = getattr(importlib.import_module(module_name), attr)
     return cls
+
+
+def option_meanings(provider: str, names: Iterable[str]) -> set[str]:
+    """The options `names` stand for under `provider`'s spellings (e.g. Gemini's
+    `maxOutputTokens` stands for `max_tokens`); a name it does not know stands for itself."""
+    model = provider_class(provider).options_model
+    spellings = model.spellings() if issubclass(model, VendorOptions) else {}
+    return {spellings.get(name, name) for name in names}
 
 
 def parse_options(provider: str, options: dict[str, Any]) -> BaseModel:

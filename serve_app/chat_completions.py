@@ -37,6 +37,8 @@ from rayruns.providers.base import (
     integral,
     one_shape_per_role,
 )
+from rayruns.providers.catalog import option_meanings, split_model
+from rayruns.providers.errors import UnknownProvider
 from rayruns.serve_app.auth import CallerDep
 from rayruns.serve_app.errors import busy_message, openai_error, too_many_runs
 from rayruns.serve_app.openapi import CHUNK_EVENTS, answers
@@ -137,7 +139,12 @@ class ChatRequest(BaseModel):
             "top_p": self.top_p,
             "stop": self.stop,
         }
-        options = {k: v for k, v in common.items() if v is not None} | self.provider_options
+        # An option also in `provider_options`, in any of the vendor's spellings, is taken
+        # from there: the vendor-specific request is the more specific one.
+        overridden = _option_meanings(self.model, self.provider_options)
+        options = {
+            k: v for k, v in common.items() if v is not None and k not in overridden
+        } | self.provider_options
         return RunSpec.model_validate(
             {
                 "model": self.model,
@@ -154,6 +161,14 @@ class ChatRequest(BaseModel):
                 "max_steps": self.max_steps,
             }
         )
+
+
+def _option_meanings(model: str, options: dict[str, Any]) -> set[str]:
+    try:
+        provider, _ = split_model(model)
+    except UnknownProvider:
+        return set(options)  # the run spec refuses the model with its own message
+    return option_meanings(provider, options)
 
 
 class ChunkTranslator:

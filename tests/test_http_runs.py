@@ -306,8 +306,9 @@ async def test_bad_cursors(http: httpx.AsyncClient) -> None:
     assert (
         await http.get(f"/v1/runs/{run_id}/stream", params={"starting_after": -1})
     ).status_code == 422
-    r = await http.get(f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": "abc"})
-    assert r.status_code == 400 and "Last-Event-ID" in r.json()["detail"]
+    for bad in ("abc", "-1", "+2", "1_0", "1.0"):  # int() takes "+2" and "1_0"
+        r = await http.get(f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": bad})
+        assert r.status_code == 400 and "Last-Event-ID" in r.json()["detail"], bad
     bad_filter = await http.get(
         f"/v1/runs/{run_id}/stream", params={"include_return_message_types": "nope"}
     )

@@ -85,3 +85,29 @@ async def test_allowed_options_reach_the_vendor(
     )
     config = vendor_server.recorder.last_request("text-3").body["generationConfig"]
     assert (config["topK"], config["responseMimeType"]) == (4, "text/plain")
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "where", "name"),
+    [
+        ("google/text-4", {"stopSequences": ["Y"]}, "generationConfig", "stopSequences"),
+        ("anthropic/text-4", {"stop_sequences": ["Y"]}, None, "stop_sequences"),
+        ("openai/text-4", {"stop": ["Y"]}, None, "stop"),
+    ],
+)
+async def test_a_chat_field_gives_way_to_the_same_option_in_provider_options(
+    client: openai.AsyncOpenAI,
+    vendor_server: WireServer,
+    model: str,
+    options: dict[str, Any],
+    where: str | None,
+    name: str,
+) -> None:
+    await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "x"}],
+        stop="X",
+        extra_body={"provider_options": options},
+    )
+    sent: dict[str, Any] = vendor_server.recorder.last_request("text-4").body
+    assert (sent[where] if where else sent)[name] == ["Y"]
