@@ -143,7 +143,7 @@ async def stream_run(
         str | None,
         Header(
             max_length=32,
-            json_schema_extra={"pattern": r"^\s*[0-9]*\s*$"},
+            json_schema_extra={"pattern": r"^[0-9]*$"},
             description="a seq_id; empty is as if absent (EventSource sends what `id:` said)",
         ),
     ] = None,
