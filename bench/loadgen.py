@@ -165,6 +165,22 @@ class Failures:
 # --- scenarios -----------------------------------------------------------------------------
 
 
+async def _first_content_at(target: Target) -> float:
+    """Post a zero-delay run and read it to `[DONE]`: when its first content frame was parsed."""
+    response = await open_request(target, "POST", "/v1/runs", _body("alpha beta gamma"))
+    first: float | None = None
+    async for _, data in response.events():
+        content = data.startswith("{") and json.loads(data).get("message_type") in CONTENT
+        if first is None and content:
+            first = time.perf_counter()
+        if data == "[DONE]":
+            break
+    response.close()
+    if first is None:
+        raise RuntimeError(f"HTTP {response.status}: no content frame")
+    return first
+
+
 async def start_overhead(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
     """POST → first content frame parsed, zero-delay fake, one run after another."""
     n, warmup = int(spec.get("n", 60)), int(spec.get("warmup", 5))
@@ -177,39 +193,13 @@ async def start_overhead(target: Target, spec: dict[str, Any]) -> dict[str, Any]
             cpu.start()
         try:
             t0 = time.perf_counter()
-            response = await open_request(target, "POST", "/v1/runs", _body("alpha beta gamma"))
-            first: float | None = None
-            async for _, data in response.events():
-                if (
-                    first is None
-                    and data.startswith("{")
-                    and json.loads(data).get("message_type") in CONTENT
-                ):
-                    first = time.perf_counter()
-                if data == "[DONE]":
-                    break
-            response.close()
-            if first is None:
-                raise RuntimeError(f"HTTP {response.status}: no content frame")
+            first = await _first_content_at(target)
         except Exception as exc:
             failures.add(exc)
             continue
         if i >= warmup:
             samples.append((first - t0) * 1000)
     return {"start_ms": summary(samples), "settled_s": settled_s, **failures.json(), **cpu.stop()}
-
-
-async def _first_content_at(response: Response) -> float | None:
-    """When the first content frame arrived (None: the stream ended without one)."""
-    first: float | None = None
-    async for _, data in response.events():
-        content = data.startswith("{") and json.loads(data).get("message_type") in CONTENT
-        if first is None and content:
-            first = time.perf_counter()
-        if data == "[DONE]":
-            break
-    response.close()
-    return first
 
 
 async def burst(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
@@ -222,14 +212,10 @@ async def burst(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
 
     async def one() -> float | None:
         try:
-            response = await open_request(target, "POST", "/v1/runs", _body("alpha beta gamma"))
-            first = await _first_content_at(response)
-            if first is None:
-                raise RuntimeError(f"HTTP {response.status}: no content frame")
+            return await _first_content_at(target)
         except Exception as exc:
             failures.add(exc)
             return None
-        return first
 
     cpu.start()
     t0 = time.perf_counter()
