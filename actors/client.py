@@ -109,8 +109,9 @@ class RegistryClient:
         except asyncio.CancelledError:
             # The caller left (e.g. while its run was enqueued): stop waiting for the
             # conversation there too, so no run starts that nobody asked for any more. A
-            # creation past that wait is shielded in the registry and goes on.
-            ray.cancel(pending)
+            # creation past that wait is shielded in the registry and goes on. Not recursive:
+            # the calls this one made (a new actor's first ping, a run's start) are not ours.
+            ray.cancel(pending, recursive=False)
             raise
 
     async def create_run_or_cancel(
@@ -127,7 +128,7 @@ class RegistryClient:
             return await _created(pending)
         except asyncio.CancelledError:
             if cancel_if_abandoned:
-                ray.cancel(pending)
+                ray.cancel(pending, recursive=False)
                 ending = asyncio.ensure_future(self._cancel_once_created(pending, run_id))
                 _ABANDONED.add(ending)
                 ending.add_done_callback(_ABANDONED.discard)

@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import RayActorError
 
 from rayruns.actors.remote import ActorHandle, new_run_actor
 from rayruns.actors.settings import ActorSettings
@@ -129,12 +128,17 @@ class ActorPool:
             self._warming.add(actor.name)
             try:
                 await actor.handle.ping.remote()
-            except RayActorError:
+            except Exception as exc:
+                # Dead while starting (a bad node, no memory), or its ping failed otherwise (a
+                # cancelled call): either way it is not handed out, and not left running.
+                with contextlib.suppress(Exception):
+                    ray.kill(actor.handle, no_restart=True)
                 self.respawn_delay_s = min(
                     max(2 * self.respawn_delay_s, RESPAWN_DELAY_MIN_S), RESPAWN_DELAY_MAX_S
                 )
                 log.warning(
-                    "a new run actor died while starting; next try in %.1f s",
+                    "a new run actor failed while starting (%r); next try in %.1f s",
+                    exc,
                     self.respawn_delay_s,
                 )
                 continue

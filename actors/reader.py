@@ -69,7 +69,7 @@ async def live_batches(
             raise _cause(exc) from None
         finally:
             if not answered:  # the reader went away mid-read: stop the actor's wait
-                ray.cancel(pending)
+                ray.cancel(pending, recursive=False)
         if batch:
             cursor = batch[-1].seq_id
             yield batch

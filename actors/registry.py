@@ -293,6 +293,15 @@ class RunRegistry:
             self._pool.discard(live.actor)
             await self._finish(run.id, _lost(no_room_message(self._settings)), None, [])
             return live.run, live.handle
+        except Exception:
+            # Anything else (a start that raised, a cancelled call) must not leave the run
+            # live with nobody watching it.
+            log.exception("run %s: its actor could not start it", run.id)
+            self._pool.discard(live.actor)
+            await self._finish(
+                run.id, _lost("the run's actor could not start it (see the server's log)"), None, []
+            )
+            return live.run, live.handle
         live.watch = asyncio.create_task(self._watch(live))
         self._metrics.started.inc()
         return live.run, live.handle

@@ -33,6 +33,7 @@ from tests.conftest import (
     frames,
     open_sse,
     settled_actor_names,
+    settled_pool,
     wait_terminal,
 )
 from tests.test_runs_on_actors import restart
@@ -142,6 +143,9 @@ async def test_a_client_leaving_during_create_cancels_the_run(
         body("never answered", provider_options={"hang_after": 0}, metadata={"probe": probe})
     )
     rt = Runtime(registry, settings.serve)
+    # A settled pool: the acquire below starts the refill of a new actor, still starting when
+    # the creation is called off (a cancel that reached it would leave that actor unknown).
+    await settled_pool(registry, settings.actors.namespace, settings.actors.pool_size)
     live_before = (await registry.stats())["live_runs"]
     with writes_blocked(db):
         creating = asyncio.create_task(create_run(request, rt, Caller(tenant=None)))
@@ -162,6 +166,8 @@ async def test_a_client_leaving_during_create_cancels_the_run(
     ended = await wait_terminal(registry, run.id)
     assert ended.status == "cancelled", "a foreground run whose client left must not run on"
     await no_strays(registry, settings, run.id)
+    pool = await settled_pool(registry, settings.actors.namespace, settings.actors.pool_size)
+    assert len(pool["idle"]) == settings.actors.pool_size, pool
 
 
 # -- killed processes ------------------------------------------------------------------------
