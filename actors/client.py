@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
+from rayruns.actors.detached import submit_detached
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.keys import AuthCheck
 from rayruns.actors.reader import live_batches
@@ -184,8 +185,10 @@ class RegistryClient:
         return answer
 
     def cancel_soon(self, run_id: str) -> None:
-        """Send a cancel without waiting for it (a client went away; a batch gave up)."""
-        self.handle.cancel.remote(run_id)
+        """Send a cancel without waiting for it (a client went away; a batch gave up). It is
+        sent detached: the caller is often being cancelled itself, and Ray's recursive cancel
+        would take this call along."""
+        submit_detached(self.handle.cancel.remote, run_id)
 
     async def wait_terminal(self, run_id: str, timeout_s: float | None = None) -> Run | None:
         """The run's record once terminal, or as it is when `timeout_s` passes (None: no run)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from rayruns.actors.detached import spawn_detached
 from rayruns.actors.remote import ActorHandle, new_run_actor
 from rayruns.actors.settings import ActorSettings
 from rayruns.providers.settings import ProviderSettings
@@ -86,7 +87,7 @@ class ActorPool:
 
     def refill_soon(self) -> None:
         if self._refill_task is None or self._refill_task.done():
-            self._refill_task = asyncio.get_running_loop().create_task(self._refill())
+            self._refill_task = spawn_detached(self._refill())
 
     def adopt_orphans(self, in_use: set[str]) -> None:
         """After a registry restart: actors that no live run uses are the old pool; end them."""

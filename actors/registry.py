@@ -42,6 +42,7 @@ from rayruns.actors.conversation import (
     resolve,
 )
 from rayruns.actors.database import KeyStorage, RunStorage, open_database
+from rayruns.actors.detached import spawn_detached
 from rayruns.actors.frames import LoggedFrame
 from rayruns.actors.keys import AuthCheck
 from rayruns.actors.limits import Admission, RunLimits, default_max_live_runs, timed_out
@@ -235,8 +236,10 @@ class RunRegistry:
         if conversation is not None:
             self._conversations[(tenant, conversation)] = run.id
         # From here the run is made and started even if the caller gives up (a cancel of this
-        # call is meant for the wait above): shielded, so it is never left half-made.
-        return await asyncio.shield(self._create(live, spec))
+        # call is meant for the wait above): shielded and detached (a recursive cancel of this
+        # call would otherwise reach the start of the run and the pool's refill), so it is
+        # never left half-made.
+        return await asyncio.shield(spawn_detached(self._create(live, spec)))
 
     async def _create(self, live: _Live, spec: RunSpec) -> tuple[Run, ActorHandle]:
         run = live.run
@@ -263,7 +266,7 @@ class RunRegistry:
             if self._conversations.get(conversation) == run.id:
                 del self._conversations[conversation]
         live.done.set()
-        asyncio.get_running_loop().create_task(self._pool.release(live.actor))
+        spawn_detached(self._pool.release(live.actor))
 
     async def _start(
         self, live: _Live, spec: RunSpec, context: RunContext
@@ -302,7 +305,7 @@ class RunRegistry:
                 run.id, _lost("the run's actor could not start it (see the server's log)"), None, []
             )
             return live.run, live.handle
-        live.watch = asyncio.create_task(self._watch(live))
+        live.watch = spawn_detached(self._watch(live))
         self._metrics.started.inc()
         return live.run, live.handle
 
@@ -392,7 +395,13 @@ class RunRegistry:
         return await self.get(run_id)
 
     async def cancel(self, run_id: str, tenant: str | None = None) -> Run | None:
-        """Cancel and return the run once terminal; a terminal run is returned unchanged."""
+        """Cancel and return the run once terminal; a terminal run is returned unchanged.
+
+        A cancel asked for is carried out even if its caller stops waiting (a client leaving
+        `POST …/cancel`): shielded, and detached from the caller's cancellation."""
+        return await asyncio.shield(spawn_detached(self._cancel(run_id, tenant)))
+
+    async def _cancel(self, run_id: str, tenant: str | None) -> Run | None:
         if _visible(await self._record(run_id), tenant) is None:
             return None
         live = self._live.get(run_id)

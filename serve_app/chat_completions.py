@@ -7,6 +7,7 @@ frames are translated into Chat Completions objects here; errors take OpenAI's e
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
@@ -44,6 +45,8 @@ from rayruns.serve_app.errors import busy_message, openai_error, too_many_runs
 from rayruns.serve_app.openapi import CHUNK_EVENTS, answers
 from rayruns.serve_app.runs import runtime
 from rayruns.serve_app.sse import FrameStream, JsonEventEncoder
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
 
@@ -292,6 +295,7 @@ async def chat_completions(request: Request, caller: CallerDep) -> Response:
 
     def on_finish(completed: bool) -> None:
         if not completed and not chat.background:
+            log.info("run %s: its client went away; cancelling it", run.id)
             rt.client.cancel_soon(run.id)  # the client went away: a foreground run ends
 
     # Headers wait for the first content (or the end): a run that fails before it answers

@@ -20,8 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
+from ray.exceptions import TaskCancelledError
 
 from rayruns.actors.client import RegistryClient
+from rayruns.actors.registry import new_run_id
+from rayruns.actors.spec import RunSpec
 from rayruns.serve_app.auth import Caller
 from rayruns.serve_app.run_body import RunBody
 from rayruns.serve_app.runs import Runtime, create_run
@@ -166,6 +170,42 @@ async def test_a_client_leaving_during_create_cancels_the_run(
     ended = await wait_terminal(registry, run.id)
     assert ended.status == "cancelled", "a foreground run whose client left must not run on"
     await no_strays(registry, settings, run.id)
+    pool = await settled_pool(registry, settings.actors.namespace, settings.actors.pool_size)
+    assert len(pool["idle"]) == settings.actors.pool_size, pool
+
+
+async def test_a_recursive_cancel_of_a_create_still_starts_the_run_and_keeps_the_pool(
+    registry: RegistryClient, settings: Settings, db: Path
+) -> None:
+    """Serve cancels the request of a client that left recursively: with it, every Ray call
+    the registry's create made (the run's start, a new pool actor's first ping) unless the
+    creation is detached from the call."""
+    probe = uuid.uuid4().hex
+    spec = RunSpec.model_validate(
+        body("never answered", provider_options={"hang_after": 0}, metadata={"probe": probe})
+    )
+    await settled_pool(registry, settings.actors.namespace, settings.actors.pool_size)
+    live_before = (await registry.stats())["live_runs"]
+    run_id = new_run_id()
+    with writes_blocked(db):
+        pending = registry.handle.create_run.remote(spec, None, run_id)
+
+        async def reached_the_registry() -> bool:
+            return (await registry.stats())["live_runs"] > live_before
+
+        await until(reached_the_registry, "the create reached the registry")
+        ray.cancel(pending)  # recursive
+    with contextlib.suppress(TaskCancelledError):
+        await pending
+
+    async def running() -> bool:
+        run = await registry.get(run_id)
+        return run is not None and run.status == "running"
+
+    await until(running, "the run started although its creating call was cancelled")
+    ended = await registry.cancel(run_id)
+    assert ended is not None and ended.status == "cancelled", ended
+    await no_strays(registry, settings, run_id)
     pool = await settled_pool(registry, settings.actors.namespace, settings.actors.pool_size)
     assert len(pool["idle"]) == settings.actors.pool_size, pool
 
