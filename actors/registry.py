@@ -279,8 +279,11 @@ class RunRegistry:
                 await self._place(live, spec, limits, context)
             except RayActorError:
                 # A pooled actor that died while idle, or a new one whose node died before it
-                # started: a new one takes over.
+                # started: a new one takes over, unless the run ended meanwhile (a cancel that
+                # found its actor unresponsive and killed it).
                 self._pool.discard(live.actor)
+                if live.run.terminal:
+                    return live.run, live.handle
                 live.actor = self._pool.spawn()
                 if live.cancelled:  # the cancel went to the dead actor: the new one gets it first
                     live.handle.cancel.remote(run.id)

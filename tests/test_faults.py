@@ -210,6 +210,55 @@ async def test_a_recursive_cancel_of_a_create_still_starts_the_run_and_keeps_the
     assert len(pool["idle"]) == settings.actors.pool_size, pool
 
 
+async def test_a_run_seen_created_over_http_is_cancelled_before_it_starts(
+    http: httpx.AsyncClient, registry: RegistryClient, settings: Settings
+) -> None:
+    """The pool's idle actors are stopped (SIGSTOP) before one can start the run: the run
+    stays `created`, is listed so, and a cancel over HTTP ends it `cancelled` with no content."""
+    namespace = settings.actors.namespace
+    idle = (await settled_pool(registry, namespace, settings.actors.pool_size))["idle"]
+    pids = [
+        await ray.get_actor(name, namespace=namespace).__ray_call__.remote(lambda _: os.getpid())
+        for name in idle
+    ]
+    probe = uuid.uuid4().hex
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        posting = asyncio.create_task(
+            http.post(
+                "/v1/runs",
+                json=body("never started", stream=False, metadata={"probe": probe}),
+                timeout=60,
+            )
+        )
+
+        async def listed_created() -> bool:
+            runs = (await http.get("/v1/runs", params={"status": "created"})).json()
+            return any(r["metadata"].get("probe") == probe for r in runs)
+
+        await until(listed_created, "the run listed as created")
+        runs = (await http.get("/v1/runs", params={"status": "created"})).json()
+        (run,) = [r for r in runs if r["metadata"].get("probe") == probe]
+        assert (await http.get(f"/v1/runs/{run['id']}")).json()["status"] == "created"
+        cancelled = await http.post(f"/v1/runs/{run['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled", cancelled.json()
+        answer = await posting
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["run"]["status"] == "cancelled", answer.json()
+        assert answer.json()["messages"] == []
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    events = await collect(http, "GET", f"/v1/runs/{run['id']}/stream")
+    assert [f["message_type"] for f in frames(events)] == ["stop_reason", "usage_statistics"]
+    assert frames(events)[0]["stop_reason"] == "cancelled"
+    assert events[-1].done
+    await no_strays(registry, settings, run["id"])
+
+
 # -- killed processes ------------------------------------------------------------------------
 
 
