@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -41,6 +42,8 @@ STORED_PAGE = 1000
 REGISTRY_RESTART_S = 60.0
 # Each wait for a run's end is one registry call of at most this long.
 WAIT_CALL_S = 60.0
+# Run actor handles kept by name: more than the actors a process reads from at once.
+ACTOR_CACHE = 4096
 
 # The registry lives on the head node, beside its SQLite file; restarted by Ray if it dies.
 RemoteRegistry: Any = ray.remote(RunRegistry)
@@ -65,6 +68,7 @@ class RegistryClient:
     def __init__(self, registry: ActorHandle, settings: ActorSettings | None = None) -> None:
         self.handle = registry
         self.settings = settings or ActorSettings()
+        self._actors: OrderedDict[str, ActorHandle] = OrderedDict()
 
     @classmethod
     def connect(
@@ -106,7 +110,7 @@ class RegistryClient:
         it can cancel the run even if it stops waiting for this call."""
         pending = self.handle.create_run.remote(spec.only_spec(), tenant, run_id)
         try:
-            return await _created(pending)
+            return await self._created(pending)
         except asyncio.CancelledError:
             # The caller left (e.g. while its run was enqueued): stop waiting for the
             # conversation there too, so no run starts that nobody asked for any more. A
@@ -126,7 +130,7 @@ class RegistryClient:
         run_id = new_run_id()
         pending = self.handle.create_run.remote(spec.only_spec(), tenant, run_id)
         try:
-            return await _created(pending)
+            return await self._created(pending)
         except asyncio.CancelledError:
             if cancel_if_abandoned:
                 ray.cancel(pending, recursive=False)
@@ -169,10 +173,38 @@ class RegistryClient:
         self, run_id: str, tenant: str | None = None
     ) -> tuple[Run, ActorHandle | None]:
         """The run's record and its live actor (None once it ended). Raises UnknownRun."""
-        found: tuple[Run, ActorHandle | None] | None = await self._call("source", run_id, tenant)
+        found: tuple[Run, str | None] | None = await self._call("source", run_id, tenant)
         if found is None:
             raise UnknownRun(run_id)
-        return found
+        run, name = found
+        return run, None if name is None else self.run_actor(name)
+
+    async def _created(self, pending: Any) -> tuple[Run, ActorHandle]:
+        try:
+            run: Run
+            run, name = await pending
+        except RayTaskError as exc:
+            raise exc.cause from None
+        return run, self.run_actor(name)
+
+    def run_actor(self, name: str) -> ActorHandle | None:
+        """The run actor called `name` (None: it is gone, and its run is read from the store).
+
+        Looked up by name in Ray (once per actor: pooled actors serve many runs) rather than
+        sent by the registry with every run, which would cost the registry memory per run.
+        """
+        handle = self._actors.get(name)
+        if handle is not None:
+            self._actors.move_to_end(name)
+            return handle
+        try:
+            handle = ray.get_actor(name, namespace=self.settings.namespace)
+        except ValueError:
+            return None
+        self._actors[name] = handle
+        if len(self._actors) > ACTOR_CACHE:
+            self._actors.popitem(last=False)
+        return handle
 
     async def cancel(self, run_id: str, tenant: str | None = None) -> Run | None:
         """Cancel and return the run once terminal (None: no such run, or another tenant's)."""
@@ -295,15 +327,6 @@ class RegistryClient:
                     raise
                 log.info("the registry is restarting; trying again")
                 await asyncio.sleep(0.2)  # a restart has no event a caller can wait on
-
-
-async def _created(pending: Any) -> tuple[Run, ActorHandle]:
-    try:
-        run: Run
-        run, actor = await pending
-    except RayTaskError as exc:
-        raise exc.cause from None
-    return run, actor
 
 
 def _reason(message: str) -> str:

@@ -192,8 +192,8 @@ class RunRegistry:
 
     async def create_run(
         self, spec: RunSpec, tenant: str | None = None, run_id: str | None = None
-    ) -> tuple[Run, ActorHandle]:
-        """Record a new run, give it an actor and start it.
+    ) -> tuple[Run, str]:
+        """Record a new run, give it an actor and start it; the run and its actor's name.
 
         Raises InvalidRun (an unknown server tool; approvals or tool messages that do not fit
         the conversation's pending calls), ConversationBusy (with `multitask_strategy`
@@ -241,7 +241,7 @@ class RunRegistry:
         # never left half-made.
         return await asyncio.shield(spawn_detached(self._create(live, spec)))
 
-    async def _create(self, live: _Live, spec: RunSpec) -> tuple[Run, ActorHandle]:
+    async def _create(self, live: _Live, spec: RunSpec) -> tuple[Run, str]:
         run = live.run
         try:
             context = RunContext.fresh(spec.messages)
@@ -270,7 +270,7 @@ class RunRegistry:
 
     async def _start(
         self, live: _Live, spec: RunSpec, context: RunContext
-    ) -> tuple[Run, ActorHandle]:
+    ) -> tuple[Run, str]:
         run = live.run
         limits = self._settings.run_limits()
         # Started before returning, so that a reader's first read never overtakes `start`.
@@ -283,7 +283,7 @@ class RunRegistry:
                 # found its actor unresponsive and killed it).
                 self._pool.discard(live.actor)
                 if live.run.terminal:
-                    return live.run, live.handle
+                    return live.run, live.actor.name
                 live.actor = self._pool.spawn()
                 if live.cancelled:  # the cancel went to the dead actor: the new one gets it first
                     live.handle.cancel.remote(run.id)
@@ -293,12 +293,12 @@ class RunRegistry:
             log.warning("run %s: no run actor could start: %s", run.id, exc)
             await self._finish(run.id, _lost("no run actor could start"), None, [])
             self._pool.discard(live.actor)
-            return live.run, live.handle
+            return live.run, live.actor.name
         except TimeoutError:
             # Every slot is taken (or no node hosts runs): Ray keeps the actor unplaced.
             self._pool.discard(live.actor)
             await self._finish(run.id, _lost(no_room_message(self._settings)), None, [])
-            return live.run, live.handle
+            return live.run, live.actor.name
         except Exception:
             # Anything else (a start that raised, a cancelled call) must not leave the run
             # live with nobody watching it.
@@ -307,10 +307,10 @@ class RunRegistry:
             await self._finish(
                 run.id, _lost("the run's actor could not start it (see the server's log)"), None, []
             )
-            return live.run, live.handle
+            return live.run, live.actor.name
         live.watch = spawn_detached(self._watch(live))
         self._metrics.started.inc()
-        return live.run, live.handle
+        return live.run, live.actor.name
 
     async def _wait_turn(self, conversation: tuple[str | None, str], spec: RunSpec) -> None:
         """Return once the conversation has no active run, as `multitask_strategy` says."""
@@ -374,11 +374,13 @@ class RunRegistry:
 
     async def source(
         self, run_id: str, tenant: str | None = None
-    ) -> tuple[Run, ActorHandle | None] | None:
-        """Where a reader finds the run's frames: its live actor, or (None) the stored log."""
+    ) -> tuple[Run, str | None] | None:
+        """Where a reader finds the run's frames: its live actor's name, or (None) the stored
+        log. Names, not handles: each actor handle a Ray call returns costs its sender memory
+        that is never given back (~600 B a call, measured), and runs are many."""
         live = self._live.get(run_id)
         if live is not None:
-            return (live.run, live.handle) if _visible(live.run, tenant) else None
+            return (live.run, live.actor.name) if _visible(live.run, tenant) else None
         run = _visible(await self._record(run_id), tenant)
         return None if run is None else (run, None)
 

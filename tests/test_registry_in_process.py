@@ -153,7 +153,8 @@ async def test_a_run_that_ignores_its_cancel_keeps_its_log_and_usage(
     make_registry: Callable[..., RunRegistry],
 ) -> None:
     registry = make_registry(cancel_grace_s=0.5)
-    run, actor = await registry.create_run(spec("a b c d", hang_after=2, ignore_cancel=True))
+    run, name = await registry.create_run(spec("a b c d", hang_after=2, ignore_cancel=True))
+    actor = ray.get_actor(name, namespace=registry._settings.namespace)
     before = await read_until(actor, run.id, 2)
     cancelled = await registry.cancel(run.id)
     assert cancelled is not None and cancelled.status == "cancelled"
