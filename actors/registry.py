@@ -268,9 +268,7 @@ class RunRegistry:
         live.done.set()
         spawn_detached(self._pool.release(live.actor))
 
-    async def _start(
-        self, live: _Live, spec: RunSpec, context: RunContext
-    ) -> tuple[Run, str]:
+    async def _start(self, live: _Live, spec: RunSpec, context: RunContext) -> tuple[Run, str]:
         run = live.run
         limits = self._settings.run_limits()
         # Started before returning, so that a reader's first read never overtakes `start`.
@@ -372,9 +370,7 @@ class RunRegistry:
         # A record whose terminal write is pending is newer than its stored row.
         return [self._unwritten[r.id].run if r.id in self._unwritten else r for r in runs]
 
-    async def source(
-        self, run_id: str, tenant: str | None = None
-    ) -> tuple[Run, str | None] | None:
+    async def source(self, run_id: str, tenant: str | None = None) -> tuple[Run, str | None] | None:
         """Where a reader finds the run's frames: its live actor's name, or (None) the stored
         log. Names, not handles: each actor handle a Ray call returns costs its sender memory
         that is never given back (~600 B a call, measured), and runs are many."""
