@@ -35,7 +35,7 @@ from rayruns.actors.pg_schema import (
     redacted,
 )
 from rayruns.actors.records import Run, RunStatus
-from rayruns.actors.store import HistoryUpdate, StoreLocked, history_key
+from rayruns.actors.store import HistoryUpdate, StoreLocked, history_key, runs_filter
 from rayruns.providers.base import Message
 
 _PENDING = TypeAdapter(list[PendingCall])
@@ -258,18 +258,7 @@ class PgRunStore:
         tenant: str | None = None,
     ) -> list[Run]:
         """Newest first; with `tenant`, only that tenant's runs."""
-        clauses: list[str] = []
-        params: list[object] = []
-        if tenant is not None:
-            clauses.append("tenant = %s")
-            params.append(tenant)
-        if conversation_id is not None:
-            clauses.append("conversation_id = %s")
-            params.append(conversation_id)
-        if status is not None:
-            clauses.append("status = %s")
-            params.append(status)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = runs_filter("%s", tenant, conversation_id, status)
         rows = self._again_if_lost(
             lambda db: db.execute(
                 f"SELECT record FROM runs {where} ORDER BY created_at DESC LIMIT %s",

@@ -77,6 +77,19 @@ CREATE TABLE IF NOT EXISTS pending_calls (
 """
 
 _UNFINISHED = "('created', 'running')"
+
+
+def runs_filter(
+    mark: str, tenant: str | None, conversation_id: str | None, status: RunStatus | None
+) -> tuple[str, list[object]]:
+    """The WHERE clause of a runs query and its parameters, with `mark` as the placeholder
+    (`?` for SQLite, `%s` for PostgreSQL)."""
+    chosen = {"tenant": tenant, "conversation_id": conversation_id, "status": status}
+    clauses = [f"{column} = {mark}" for column, value in chosen.items() if value is not None]
+    params: list[object] = [value for value in chosen.values() if value is not None]
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
 _SQLITE_INT_MAX = 2**63 - 1
 
 # Logs used to be one JSON array each in `logs` (a whole log per read, and a log could exceed
@@ -324,18 +337,7 @@ class RunStore:
         tenant: str | None = None,
     ) -> list[Run]:
         """Newest first; with `tenant`, only that tenant's runs."""
-        clauses: list[str] = []
-        params: list[object] = []
-        if tenant is not None:
-            clauses.append("tenant = ?")
-            params.append(tenant)
-        if conversation_id is not None:
-            clauses.append("conversation_id = ?")
-            params.append(conversation_id)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = runs_filter("?", tenant, conversation_id, status)
         rows = self._db.execute(
             f"SELECT record FROM runs {where} ORDER BY created_at DESC LIMIT ?",
             (*params, limit),
