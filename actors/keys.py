@@ -15,6 +15,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KEY_PREFIX = "rr-"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -80,7 +81,43 @@ class AuthCheck:
     tenant: str | None
 
 
-class KeyStore:
+class KeyReads:
+    """The reads both key stores share (SQLite here, PostgreSQL in actors/pg_keys.py): each
+    store gives its placeholder and a way to run one statement."""
+
+    _mark = "?"
+    _columns = "name, tenant, created_at, revoked_at"
+
+    def _execute(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        raise NotImplementedError
+
+    def get(self, name: str) -> KeyInfo | None:
+        row = self._execute(
+            f"SELECT {self._columns} FROM api_keys WHERE name = {self._mark}", (name,)
+        ).fetchone()
+        return None if row is None else KeyInfo(*row)
+
+    def list(self) -> list[KeyInfo]:
+        rows = self._execute(f"SELECT {self._columns} FROM api_keys ORDER BY created_at")
+        return [KeyInfo(*row) for row in rows.fetchall()]
+
+    def any_active(self) -> bool:
+        row = self._execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1")
+        return row.fetchone() is not None
+
+    def check(self, key_hash: str | None) -> AuthCheck:
+        """Whether keys are required, and the tenant of the active key with this hash."""
+        tenant = None
+        if key_hash is not None:
+            row = self._execute(
+                f"SELECT tenant FROM api_keys WHERE key_hash = {self._mark} AND revoked_at IS NULL",
+                (key_hash,),
+            ).fetchone()
+            tenant = None if row is None else str(row[0])
+        return AuthCheck(keys_required=tenant is not None or self.any_active(), tenant=tenant)
+
+
+class KeyStore(KeyReads):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Not tied to its opening thread: the registry uses it from a worker thread of its own.
@@ -116,29 +153,5 @@ class KeyStore:
             raise no_such_key(name)
         return info
 
-    def get(self, name: str) -> KeyInfo | None:
-        row = self._db.execute(
-            "SELECT name, tenant, created_at, revoked_at FROM api_keys WHERE name = ?", (name,)
-        ).fetchone()
-        return None if row is None else KeyInfo(*row)
-
-    def list(self) -> list[KeyInfo]:
-        rows = self._db.execute(
-            "SELECT name, tenant, created_at, revoked_at FROM api_keys ORDER BY created_at"
-        ).fetchall()
-        return [KeyInfo(*row) for row in rows]
-
-    def any_active(self) -> bool:
-        row = self._db.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1")
-        return row.fetchone() is not None
-
-    def check(self, key_hash: str | None) -> AuthCheck:
-        """Whether keys are required, and the tenant of the active key with this hash."""
-        tenant = None
-        if key_hash is not None:
-            row = self._db.execute(
-                "SELECT tenant FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                (key_hash,),
-            ).fetchone()
-            tenant = None if row is None else str(row[0])
-        return AuthCheck(keys_required=tenant is not None or self.any_active(), tenant=tenant)
+    def _execute(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        return self._db.execute(sql, params)

@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 
 from rayruns.actors.keys import (
-    AuthCheck,
     KeyInfo,
+    KeyReads,
     check_names,
     hash_key,
     name_taken,
@@ -20,10 +20,10 @@ from rayruns.actors.keys import (
 )
 from rayruns.actors.pg_schema import connect, create_schema, redacted
 
-_COLUMNS = "name, tenant, created_at, revoked_at"
 
+class PgKeyStore(KeyReads):
+    _mark = "%s"
 
-class PgKeyStore:
     def __init__(self, url: str) -> None:
         self.where = redacted(url)
         self._url = url
@@ -71,28 +71,5 @@ class PgKeyStore:
             raise no_such_key(name)
         return info
 
-    def get(self, name: str) -> KeyInfo | None:
-        row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM api_keys WHERE name = %s",
-            (name,),
-        ).fetchone()
-        return None if row is None else KeyInfo(*row)
-
-    def list(self) -> list[KeyInfo]:
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at").fetchall()
-        return [KeyInfo(*row) for row in rows]
-
-    def any_active(self) -> bool:
-        row = self._db.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1")
-        return row.fetchone() is not None
-
-    def check(self, key_hash: str | None) -> AuthCheck:
-        """Whether keys are required, and the tenant of the active key with this hash."""
-        tenant = None
-        if key_hash is not None:
-            row = self._db.execute(
-                "SELECT tenant FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
-                (key_hash,),
-            ).fetchone()
-            tenant = None if row is None else str(row[0])
-        return AuthCheck(keys_required=tenant is not None or self.any_active(), tenant=tenant)
+    def _execute(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        return self._db.execute(sql, params)
