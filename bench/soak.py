@@ -126,6 +126,13 @@ async def read_frames(
     return run_id, False
 
 
+def whole_stream(seen: list[int], done: bool, missing_done: str) -> None:
+    """The stream ended with `[DONE]` and its ids are consecutive."""
+    if not done:
+        raise StreamBroken(missing_done)
+    consecutive(seen)
+
+
 def consecutive(seen: list[int]) -> None:
     if seen != list(range(1, len(seen) + 1)):
         raise StreamBroken(f"seq_ids not 1..n without gap or duplicate: {seen[:5]}…{seen[-5:]}")
@@ -146,9 +153,7 @@ async def streamed(client: httpx.AsyncClient, tally: Tally) -> None:
     _, done = await read_frames(
         client, "POST", "/v1/runs", json=body(WORDS), seen=seen, tally=tally
     )
-    if not done:
-        raise StreamBroken("no [DONE]")
-    consecutive(seen)
+    whole_stream(seen, done, "no [DONE]")
 
 
 async def resumed(client: httpx.AsyncClient, tally: Tally) -> None:
@@ -167,9 +172,7 @@ async def resumed(client: httpx.AsyncClient, tally: Tally) -> None:
     _, done = await read_frames(
         client, "GET", f"/v1/runs/{run_id}/stream", seen=seen, headers=headers
     )
-    if not done:
-        raise StreamBroken("resumed stream without [DONE]")
-    consecutive(seen)
+    whole_stream(seen, done, "resumed stream without [DONE]")
     status = await wait_status(client, run_id)
     if status != "completed":
         raise StreamBroken(f"background run {status}, not completed")
@@ -193,9 +196,7 @@ async def cancelled(client: httpx.AsyncClient, tally: Tally) -> None:
     _, done = await read_frames(
         client, "GET", f"/v1/runs/{run_id}/stream", seen=seen, params={"starting_after": seen[-1]}
     )
-    if not done:
-        raise StreamBroken("cancelled run's stream without [DONE]")
-    consecutive(seen)
+    whole_stream(seen, done, "cancelled run's stream without [DONE]")
 
 
 async def disconnected(client: httpx.AsyncClient, tally: Tally) -> None:
@@ -226,9 +227,7 @@ async def provider_failure(client: httpx.AsyncClient, tally: Tally) -> None:
         client, "POST", "/v1/runs", json=body(WORDS, provider_options=options), seen=seen,
         tally=tally,
     )  # fmt: skip
-    if not done:
-        raise StreamBroken("failed run's stream without [DONE]")
-    consecutive(seen)
+    whole_stream(seen, done, "failed run's stream without [DONE]")
     status = await wait_status(client, run_id)
     if status != "failed":
         raise StreamBroken(f"a provider failure left the run {status}")
