@@ -88,11 +88,7 @@ class RegistryClient:
         return cls(handle, settings)
 
     async def _call(self, method: str, *args: Any) -> Any:
-        try:
-            return await getattr(self.handle, method).remote(*args)
-        except RayTaskError as exc:
-            # Ray's wrapper subclasses the cause's type; callers get the cause itself.
-            raise exc.cause from None
+        return await _answer(getattr(self.handle, method).remote(*args))
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -180,11 +176,8 @@ class RegistryClient:
         return run, None if name is None else self.run_actor(name)
 
     async def _created(self, pending: Any) -> tuple[Run, ActorHandle]:
-        try:
-            run: Run
-            run, name = await pending
-        except RayTaskError as exc:
-            raise exc.cause from None
+        run: Run
+        run, name = await _answer(pending)
         return run, self.run_actor(name)
 
     def run_actor(self, name: str) -> ActorHandle | None:
@@ -327,6 +320,15 @@ class RegistryClient:
                     raise
                 log.info("the registry is restarting; trying again")
                 await asyncio.sleep(0.2)  # a restart has no event a caller can wait on
+
+
+async def _answer(pending: Any) -> Any:
+    """A registry call's result; the registry's own exception, not Ray's wrapper of it."""
+    try:
+        return await pending
+    except RayTaskError as exc:
+        # Ray's wrapper subclasses the cause's type; callers get the cause itself.
+        raise exc.cause from None
 
 
 def _reason(message: str) -> str:

@@ -80,8 +80,7 @@ class ActorPool:
         self._idle.append(_Idle(time.monotonic(), actor))
 
     def discard(self, actor: RunActorRef) -> None:
-        with contextlib.suppress(Exception):
-            ray.kill(actor.handle, no_restart=True)
+        _end(actor)
         self.replaced += 1
         self.refill_soon()
 
@@ -132,8 +131,7 @@ class ActorPool:
             except Exception as exc:
                 # Dead while starting (a bad node, no memory), or its ping failed otherwise (a
                 # cancelled call): either way it is not handed out, and not left running.
-                with contextlib.suppress(Exception):
-                    ray.kill(actor.handle, no_restart=True)
+                _end(actor)
                 self.respawn_delay_s = min(
                     max(2 * self.respawn_delay_s, RESPAWN_DELAY_MIN_S), RESPAWN_DELAY_MAX_S
                 )
@@ -163,3 +161,9 @@ class ActorPool:
         name = f"{ACTOR_PREFIX}{uuid.uuid4().hex}"
         handle = new_run_actor(name, self._settings, self._provider_settings)
         return RunActorRef(handle, name)
+
+
+def _end(actor: RunActorRef) -> None:
+    """Kill an actor at once, whether or not it is still alive."""
+    with contextlib.suppress(Exception):
+        ray.kill(actor.handle, no_restart=True)
