@@ -25,7 +25,7 @@ from rayruns.actors.keys import AuthCheck
 from rayruns.actors.reader import live_batches
 from rayruns.actors.records import Run, RunStatus, terminal_frames
 from rayruns.actors.registry import ConversationView, RunRegistry, new_run_id
-from rayruns.actors.remote import ActorHandle
+from rayruns.actors.remote import ActorHandle, long_lived_runtime_env
 from rayruns.actors.run_actor import NotThisRun
 from rayruns.actors.settings import ActorSettings
 from rayruns.actors.sink import FrameSink
@@ -84,6 +84,8 @@ class RegistryClient:
             lifetime="detached",
             get_if_exists=True,
             resources={HEAD_NODE: 0.001},
+            enable_task_events=settings.ray_task_events,
+            runtime_env=long_lived_runtime_env(settings),
         ).remote(settings, provider_settings)
         return cls(handle, settings)
 

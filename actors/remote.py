@@ -25,6 +25,18 @@ RUN_ACTOR_OPTIONS: dict[str, Any] = {
 }
 
 
+def long_lived_runtime_env(settings: ActorSettings) -> dict[str, Any]:
+    """The runtime_env of the processes that serve Ray calls for the server's whole life.
+
+    glibc's malloc gives each thread that allocates its own arena, up to 8 per core, and a
+    process serving Ray calls runs some 28 threads: freed memory stays behind in every arena.
+    Measured in a soak: the registry's freed-but-held malloc memory grew 11 -> 22 MiB in 7.5
+    minutes while the memory it used stayed at 24 MiB; with two arenas it stayed under 5 MiB."""
+    if not settings.malloc_arena_max:
+        return {}
+    return {"env_vars": {"MALLOC_ARENA_MAX": str(settings.malloc_arena_max)}}
+
+
 def new_run_actor(
     name: str, settings: ActorSettings, provider_settings: ProviderSettings
 ) -> ActorHandle:
@@ -33,5 +45,6 @@ def new_run_actor(
         **run_actor_placement(settings),
         "name": name,
         "namespace": settings.namespace,
+        "enable_task_events": settings.ray_task_events,
     }
     return RemoteRunActor.options(**options).remote(provider_settings, settings)

@@ -59,6 +59,13 @@ class ActorSettings(BaseSettings):
     # reading that reader's socket.
     sink_buffer_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
     sink_queue_batches: int = Field(default=64, ge=2)
+    # Ray task events (the dashboard's task list, `ray list tasks`) for the calls on the registry
+    # and the run actors. Off by default, as Serve has them off for its request calls: every run
+    # makes several such calls, and Ray's GCS keeps up to 100,000 tasks' events in its memory.
+    ray_task_events: bool = False
+    # glibc malloc arenas of the registry and the Serve replicas (actors/remote.py); 0: glibc's
+    # default (8 per core).
+    malloc_arena_max: int = Field(default=2, ge=0)
 
     def resolved_db_path(self) -> Path:
         return self.db_path.expanduser().resolve()

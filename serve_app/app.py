@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from ray import serve
 
 from rayruns.actors.client import HEAD_NODE, RegistryClient
+from rayruns.actors.remote import long_lived_runtime_env
 from rayruns.actors.server_tools import ToolCatalog
 from rayruns.serve_app import chat_completions, session
 from rayruns.serve_app.auth import KeyChecker
@@ -82,6 +83,10 @@ def deployment(settings: Settings) -> Any:
         num_replicas=settings.serve.num_replicas,
         max_ongoing_requests=settings.serve.max_ongoing_requests,
         # On the head, beside the registry and the proxy: worker nodes host runs only.
-        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
+        ray_actor_options={
+            "num_cpus": 0,
+            "resources": {HEAD_NODE: 0.001},
+            "runtime_env": long_lived_runtime_env(settings.actors),
+        },
         health_check_period_s=10,
     ).bind(settings)

@@ -109,7 +109,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     import ray
     from ray import serve
 
-    from rayruns.actors.client import RegistryClient
+    from rayruns.actors.client import RegistryClient, RegistryFailed
     from rayruns.actors.placement import init_ray
     from rayruns.serve_app.app import deployment
 
@@ -139,7 +139,11 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     watch = ClusterWatch(ray.get_runtime_context().gcs_address, on_gone=on_cluster_gone)
     watch.start()
     try:
-        RegistryClient.connect(settings.actors, settings.providers).wait_ready()
+        try:
+            RegistryClient.connect(settings.actors, settings.providers).wait_ready()
+        except RegistryFailed as exc:  # its database is another registry's: say whose, and stop
+            sys.stderr.write(f"rayruns serve: error: {exc}\n")
+            return 1
         serve.start(
             proxy_location="HeadOnly",
             http_options={"host": settings.serve.host, "port": settings.serve.port},

@@ -107,6 +107,29 @@ def test_serve_answers_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def test_serve_on_a_database_another_registry_owns_stops_naming_it(tmp_path: Path) -> None:
+    from rayruns.actors.store import RunStore
+
+    db = tmp_path / "runs.sqlite3"
+    owner = RunStore(db, "the registry of another server")
+    env = {**os.environ, "RAYRUNS_DB_PATH": str(db), "RAYRUNS_NAMESPACE": "rayruns-cli-locked"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "rayruns.serve_app", "serve", "--port", str(_free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            start_new_session=True,
+        )
+    finally:
+        owner.close()
+    assert done.returncode == 1, done.stderr
+    assert "rayruns serve: error:" in done.stderr
+    assert "is in use by another registry (the registry of another server" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rayruns.serve_app", *args],
