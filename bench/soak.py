@@ -44,8 +44,12 @@ from bench.procs import Servers
 BENCH_DIR = Path(__file__).resolve().parent
 POOL_SIZE = 4
 TERMINAL = {"completed", "failed", "cancelled"}
-# Long-lived processes: their memory and descriptors must stay flat.
-LONG_LIVED = ("server", "replica", "registry", "serve_controller", "serve_proxy")
+# Long-lived processes: their memory and descriptors must stay flat. Ray's GCS and raylet too:
+# what every run's calls leave there (task events, actor records) would pile up.
+LONG_LIVED = ("server", "replica", "registry", "serve_controller", "serve_proxy", "gcs", "raylet")
+# Run actors come and go (spares end when idle), so theirs is checked per process: pooled
+# actors serve run after run and must not grow with them.
+MAX_RUN_ACTOR_GROWTH_PCT = 20.0
 
 
 def log(message: str) -> None:
@@ -518,6 +522,17 @@ def leak_findings(
             found.append(f"{kind} USS still growing after the warm-up: {slope} MiB/min")
         if g["fds"]["growth"] > args.max_fd_growth:
             found.append(f"{kind} descriptors grew {g['fds']['first']} → {g['fds']['last']}")
+    actors_growth = growths.get("run_actor")
+    if (
+        actors_growth is not None
+        and actors_growth["count"]["first"]
+        and actors_growth["count"]["last"]
+    ):
+        first, last = (
+            actors_growth["uss_mb"][end] / actors_growth["count"][end] for end in ("first", "last")
+        )
+        if (last - first) / first * 100 > MAX_RUN_ACTOR_GROWTH_PCT:
+            found.append(f"a run actor's USS grew {first:.1f} → {last:.1f} MiB on average")
     return found
 
 
