@@ -16,8 +16,7 @@ from tests.conftest import run_actor_names
 
 
 def _registry_env(registry: Any) -> str | None:
-    value: str | None = os.environ.get("MALLOC_ARENA_MAX")
-    return value
+    return os.environ.get("MALLOC_ARENA_MAX")
 
 
 def test_the_registry_and_the_replicas_run_with_two_malloc_arenas(
